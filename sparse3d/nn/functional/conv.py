@@ -1,0 +1,259 @@
+"""Sparse 3D convolution: autograd Function, dataflows and the dataflow heuristic.
+
+Dataflows (all exact up to float rounding, all with the same backward semantics):
+
+``"gather_gemm_scatter"``  (torch ops; any device and dtype)
+    Offsets are grouped adaptively (TorchSparse MLSys'22): sorted by pair count,
+    a group grows while its padding overhead ``(G*max - sum)/sum`` stays <= ``eps``.
+    Each group is one gather (``index_select``), one ``bmm`` and one ``index_add_``.
+    The submanifold centre offset is a plain ``mm`` with no gather.
+``"fused"``  (numba, CPU, float32/float64)
+    Output-stationary: each output row accumulates its neighbours directly from
+    ``nbmap``; no gathered matrix is materialized and no scatter races exist.
+
+Heuristic (:func:`choose_dataflow`): ``fused`` on the CPU for float32/64 when numba
+is available and ``Cin * Cout <= FUSED_MAX_CC`` (the weight slice of one offset
+stays in L1/L2, which is where the fused kernel wins); otherwise
+``gather_gemm_scatter``, whose large GEMMs win for wide layers and on GPUs.
+``set_autotune(True)`` instead times both once per (kernel map, Cin, Cout,
+dtype) and keeps the faster; deterministic mode disables autotuning.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from sparse3d.ops.conv import reference as cref
+
+from ..._backend import HAS_NUMBA, is_deterministic
+from ...tensor import SparseTensor
+from ...utils.args import IntOr3, triple
+from .kmap import KernelMap, get_kernel_map, get_transposed_kernel_map
+
+__all__ = ["conv3d", "sparse_conv", "Conv3dFunction", "choose_dataflow", "set_autotune", "DATAFLOWS",
+           "FUSED_MAX_CC"]
+
+DATAFLOWS = ("gather_gemm_scatter", "fused")
+FUSED_MAX_CC = 64 * 64
+GROUP_EPS = 0.3
+_AUTOTUNE = False
+_TUNED: Dict[tuple, str] = {}
+
+
+def set_autotune(flag: bool = True) -> None:
+    """Time both dataflows once per layer shape and keep the faster one."""
+    global _AUTOTUNE
+    _AUTOTUNE = bool(flag)
+    _TUNED.clear()
+
+
+def _numba_ok(x: torch.Tensor) -> bool:
+    return HAS_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def choose_dataflow(km: KernelMap, cin: int, cout: int, x: torch.Tensor) -> str:
+    """Pick a dataflow for one layer (see module docstring)."""
+    if not _numba_ok(x):
+        return "gather_gemm_scatter"
+    if _AUTOTUNE and not is_deterministic():
+        key = (id(km), cin, cout, x.dtype)
+        if key not in _TUNED:
+            w = torch.randn(km.kernel_volume, cin, cout, dtype=x.dtype)
+            xs = torch.randn(km.n_in, cin, dtype=x.dtype)
+            best = None
+            for df in DATAFLOWS:
+                _forward(xs, w, km, df)  # warm-up (numba compile, caches)
+                t0 = time.perf_counter()
+                _forward(xs, w, km, df)
+                dt = time.perf_counter() - t0
+                if best is None or dt < best[0]:
+                    best = (dt, df)
+            _TUNED[key] = best[1]
+        return _TUNED[key]
+    return "fused" if cin * cout <= FUSED_MAX_CC else "gather_gemm_scatter"
+
+
+# ----------------------------------------------------------------------------- grouping
+def _plan_groups(sizes: Sequence[int], center: int, eps: float = GROUP_EPS) -> List[List[int]]:
+    order = sorted((k for k, n in enumerate(sizes) if n and k != center), key=lambda k: -sizes[k])
+    groups, cur, tot = [], [], 0
+    for k in order:
+        n = sizes[k]
+        if cur:
+            mx = sizes[cur[0]]
+            if (mx * (len(cur) + 1) - (tot + n)) > eps * (tot + n):
+                groups.append(cur)
+                cur, tot = [], 0
+        cur.append(k)
+        tot += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _group_index(km: KernelMap, eps: float = GROUP_EPS):
+    """Padded ``[G, n]`` index pairs per group (pads: input row 0, output dump row ``n_out``)."""
+    key = ("groups", eps)
+    if key not in km.extras:
+        plan = []
+        dev = km.in_idx.device
+        for ks in _plan_groups(km.sizes, km.center, eps):
+            n = km.sizes[ks[0]]
+            if len(ks) == 1:
+                i, o = km.pairs(ks[0])
+                plan.append((ks, i, o, None))
+                continue
+            ii = torch.zeros((len(ks), n), dtype=torch.long, device=dev)
+            oo = torch.full((len(ks), n), km.n_out, dtype=torch.long, device=dev)
+            for g, k in enumerate(ks):
+                i, o = km.pairs(k)
+                ii[g, : i.numel()] = i
+                oo[g, : o.numel()] = o
+            plan.append((ks, ii.view(-1), oo.view(-1), n))
+        km.extras[key] = plan
+    return km.extras[key]
+
+
+def _ggs_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tensor:
+    cout = w.shape[2]
+    out = x.new_empty((km.n_out + 1, cout))
+    if km.center >= 0 and km.sizes[km.center] == km.n_out == km.n_in:
+        torch.mm(x, w[km.center], out=out[: km.n_out])
+        out[km.n_out].zero_()
+    else:
+        out.zero_()
+        if km.center >= 0:
+            i, o = km.pairs(km.center)
+            out.index_add_(0, o, x.index_select(0, i) @ w[km.center])
+    for ks, ii, oo, n in _group_index(km):
+        if n is None:
+            out.index_add_(0, oo, x.index_select(0, ii) @ w[ks[0]])
+        else:
+            xg = x.index_select(0, ii).view(len(ks), n, -1)
+            yg = torch.bmm(xg, w[ks])
+            out.index_add_(0, oo, yg.view(-1, cout))
+    return out[: km.n_out]
+
+
+def _fused_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tensor:
+    import numba
+
+    from sparse3d.ops.conv.numba_cpu import fused_conv
+    nt = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != nt:
+        numba.set_num_threads(nt)
+    out = fused_conv(x.detach().contiguous().numpy(), w.detach().contiguous().numpy(), km.nbmap.numpy())
+    return torch.from_numpy(out)
+
+
+def _forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap, dataflow: str) -> torch.Tensor:
+    if km.n_out == 0 or x.shape[0] == 0:
+        return x.new_zeros((km.n_out, w.shape[2]))
+    if dataflow == "fused":
+        return _fused_forward(x, w, km)
+    if dataflow == "gather_gemm_scatter":
+        return _ggs_forward(x, w, km)
+    if dataflow == "reference":
+        return cref.conv_pairs(x, w, km.in_idx, km.out_idx, km.sizes, km.n_out)
+    raise ValueError(f"unknown dataflow {dataflow!r}; choose from {DATAFLOWS + ('reference',)}")
+
+
+def _weight_grad(x: torch.Tensor, g: torch.Tensor, km: KernelMap) -> torch.Tensor:
+    K = km.kernel_volume
+    dw = x.new_zeros((K, x.shape[1], g.shape[1]))
+    if km.num_pairs == 0:
+        return dw
+    if km.center >= 0 and km.sizes[km.center] == km.n_out == km.n_in:
+        dw[km.center] = x.t() @ g
+    elif km.center >= 0:
+        i, o = km.pairs(km.center)
+        dw[km.center] = x.index_select(0, i).t() @ g.index_select(0, o)
+    gpad = None
+    for ks, ii, oo, n in _group_index(km):
+        if n is None:
+            dw[ks[0]] = x.index_select(0, ii).t() @ g.index_select(0, oo)
+        else:
+            if gpad is None:
+                gpad = torch.cat([g, g.new_zeros((1, g.shape[1]))])
+            xg = x.index_select(0, ii).view(len(ks), n, -1)
+            gg = gpad.index_select(0, oo).view(len(ks), n, -1)
+            dw[ks] = torch.bmm(xg.transpose(1, 2), gg)
+    return dw
+
+
+class Conv3dFunction(torch.autograd.Function):
+    """``out [M, Cout] = sparse_conv(feats [N, Cin], weight [K, Cin, Cout], kmap)``."""
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, km: KernelMap, dataflow: str) -> torch.Tensor:
+        ctx.km, ctx.dataflow = km, dataflow
+        ctx.save_for_backward(feats, weight)
+        return _forward(feats, weight, km, dataflow)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        feats, weight = ctx.saved_tensors
+        km, dataflow = ctx.km, ctx.dataflow
+        grad_out = grad_out.contiguous()
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = _forward(grad_out, weight.transpose(1, 2).contiguous(), km.transpose(), dataflow)
+        if ctx.needs_input_grad[1]:
+            gw = _weight_grad(feats, grad_out, km)
+        return gx, gw, None, None
+
+
+def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, km: KernelMap,
+                dataflow: Optional[str] = None) -> torch.Tensor:
+    """Apply a kernel map: ``[N, Cin] x [K, Cin, Cout] -> [M, Cout]`` (autograd-aware)."""
+    if weight.dim() != 3 or weight.shape[0] != km.kernel_volume:
+        raise ValueError(f"weight must be [K={km.kernel_volume}, Cin, Cout], got {tuple(weight.shape)}")
+    if feats.shape[1] != weight.shape[1]:
+        raise ValueError(f"feats have {feats.shape[1]} channels but weight expects Cin={weight.shape[1]}")
+    if feats.shape[0] != km.n_in:
+        raise ValueError(f"feats have {feats.shape[0]} rows but the kernel map expects {km.n_in}")
+    if weight.dtype != feats.dtype:
+        weight = weight.to(feats.dtype)
+    feats = feats.contiguous()
+    if dataflow is None:
+        dataflow = choose_dataflow(km, weight.shape[1], weight.shape[2], feats)
+    elif dataflow == "fused" and not _numba_ok(feats):
+        dataflow = "gather_gemm_scatter"
+    return Conv3dFunction.apply(feats, weight, km, dataflow)
+
+
+def conv3d(input: SparseTensor, weight: torch.Tensor, kernel_size: IntOr3 = 3, bias: Optional[torch.Tensor] = None,
+           stride: IntOr3 = 1, dilation: IntOr3 = 1, transposed: bool = False,
+           dataflow: Optional[str] = None) -> SparseTensor:
+    """Sparse 3D convolution (MinkowskiEngine / TorchSparse<=2.0 coordinate semantics).
+
+    Args:
+        input: SparseTensor with feats ``[N, Cin]`` at tensor stride ``t``.
+        weight: ``[K, Cin, Cout]``, K = prod(kernel_size), offsets ordered x fastest
+            (see :func:`sparse3d.ops.kmap.kernel_offsets`).
+        stride: 1 = submanifold (output coords = input coords); s > 1 downsamples to
+            ``floor(c / (s*t)) * (s*t)``; with ``transposed`` it upsamples back to the
+            cached coords at stride ``t / s``.
+    Returns:
+        SparseTensor with feats ``[M, Cout]`` sharing ``input``'s cache.
+    """
+    if not isinstance(input, SparseTensor):
+        raise TypeError(f"conv3d expects a SparseTensor, got {type(input).__name__}")
+    ks, st, dil = triple(kernel_size, "kernel_size"), triple(stride, "stride"), triple(dilation, "dilation")
+    if transposed and st != (1, 1, 1):
+        km, coords, out_stride = get_transposed_kernel_map(input, ks, st, dil)
+    else:
+        km, coords, out_stride = get_kernel_map(input, ks, st, dil)
+        if transposed:
+            km = km.transpose()
+    if ks == (1, 1, 1) and st == (1, 1, 1):
+        if weight.shape[0] != 1 or weight.dim() != 3:
+            raise ValueError(f"weight must be [1, Cin, Cout] for kernel_size 1, got {tuple(weight.shape)}")
+        feats = input.feats @ weight[0].to(input.feats.dtype)
+    else:
+        feats = sparse_conv(input.feats, weight, km, dataflow)
+    if bias is not None:
+        feats = feats + bias.to(feats.dtype)
+    return SparseTensor(feats, coords, out_stride, cache=input._caches, check=False)

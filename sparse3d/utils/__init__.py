@@ -1,0 +1,1 @@
+"""Utilities: argument checks, quantization, collation."""

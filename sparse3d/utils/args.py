@@ -1,0 +1,28 @@
+"""Argument normalization and validation shared by tensors and ops."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["triple", "IntOr3"]
+
+IntOr3 = Union[int, Sequence[int]]
+
+
+def triple(value: IntOr3, name: str = "value") -> Tuple[int, int, int]:
+    """``3 -> (3, 3, 3)``; ``(1, 1, 3)`` is kept. Raises on anything else."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, int) and not isinstance(value, bool):
+        out = (value, value, value)
+    else:
+        try:
+            out = tuple(int(v) for v in value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a sequence of 3 ints, got {value!r}") from None
+        if len(out) != 3:
+            raise ValueError(f"{name} must have 3 entries (x, y, z), got {value!r}")
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name} entries must be >= 1, got {value!r}")
+    return out
