@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["HashTable", "build_table", "query_nbmap", "nbmap_to_pairs", "downsample_unique"]
+__all__ = ["HashTable", "build_table", "query_nbmap", "nbmap_to_pairs", "downsample_unique", "hash_lookup"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = -1
@@ -220,3 +220,24 @@ def downsample_unique(c: np.ndarray, mins, dims, strides) -> np.ndarray:
     """Unique rows of already-downsampled int64 coords ``c [N, 4]``, sorted by packed key."""
     bits = max(4, int(np.ceil(np.log2(max(2 * c.shape[0], 16)))))
     return _dedup(c, np.asarray(mins, np.int64), np.asarray(dims, np.int64), np.asarray(strides, np.int64), bits)
+
+
+@njit(cache=True, parallel=True)
+def _lookup_many(table, bits, mins, dims, strides, q, out):
+    mask = (np.int64(1) << bits) - 1
+    shift = np.uint64(64 - bits)
+    for j in prange(q.shape[0]):
+        key = _pack(np.int64(q[j, 0]), np.int64(q[j, 1]), np.int64(q[j, 2]), np.int64(q[j, 3]), mins, dims, strides)
+        out[j] = _lookup(table, key, shift, mask)
+
+
+def hash_lookup(table: "HashTable", queries: np.ndarray) -> np.ndarray:
+    """Row index of each query coordinate ``[Q, 4]`` in the table, -1 where absent (``[Q]`` int64)."""
+    out = np.empty(queries.shape[0], dtype=np.int64)
+    if queries.shape[0]:
+        _lookup_many(table.table, np.int64(table.bits), table.mins, table.dims, table.strides,
+                     np.ascontiguousarray(queries), out)
+    return out
+
+
+HashTable.lookup = hash_lookup

@@ -7,7 +7,7 @@ import torch
 
 from .common import pack, pack_params
 
-__all__ = ["build_nbmap", "downsample_coords", "check_unique"]
+__all__ = ["build_nbmap", "downsample_coords", "check_unique", "lookup"]
 
 
 def check_unique(sorted_keys: torch.Tensor, perm: torch.Tensor, coords: torch.Tensor) -> None:
@@ -71,3 +71,17 @@ def downsample_coords(coords: torch.Tensor, in_stride: Sequence[int], conv_strid
     q = torch.stack([b, x, y, z], 1)
     out = q * torch.tensor((1, *out_stride), device=c.device) + torch.tensor(p.mins, device=c.device)
     return out.to(torch.int32)
+
+
+def lookup(table_coords: torch.Tensor, queries: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Row of each query ``[Q, 4]`` in ``table_coords [N, 4]`` (unique), -1 where absent; ``[Q]`` int64."""
+    if table_coords.shape[0] == 0 or queries.shape[0] == 0:
+        return torch.full((queries.shape[0],), -1, dtype=torch.long, device=queries.device)
+    p = pack_params(table_coords, stride)
+    keys, _ = pack(table_coords, p)
+    sk, perm = torch.sort(keys)
+    check_unique(sk, perm, table_coords)
+    qk, inside = pack(queries, p)
+    pos = torch.searchsorted(sk, qk).clamp_(max=sk.numel() - 1)
+    hit = inside & (sk[pos] == qk)
+    return torch.where(hit, perm[pos], torch.full_like(pos, -1))

@@ -1,4 +1,6 @@
 """Stateful sparse layers (mirrors ``torch.nn``)."""
+from .activation import LeakyReLU, ReLU, SiLU
 from .conv import Conv3d
+from .norm import BatchNorm
 
-__all__ = ["Conv3d"]
+__all__ = ["Conv3d", "BatchNorm", "ReLU", "LeakyReLU", "SiLU"]

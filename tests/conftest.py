@@ -1,0 +1,58 @@
+"""Shared fixtures: devices, repository paths, the real SemanticKITTI scan."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KITTI_SCAN = SHARED / "data" / "semantickitti" / "sequences" / "08" / "velodyne" / "000000.bin"
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return REPO / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def kitti_points() -> np.ndarray:
+    """The real scan: ``[123389, 4]`` float32 (x, y, z, remission)."""
+    if not KITTI_SCAN.exists():
+        pytest.skip(f"real SemanticKITTI scan not found at {KITTI_SCAN}")
+    return np.fromfile(KITTI_SCAN, dtype=np.float32).reshape(-1, 4)
+
+
+@pytest.fixture(scope="session")
+def kitti_coords(kitti_points) -> torch.Tensor:
+    """Unique voxels of the real scan at 0.05 m: ``[94444, 4]`` int32 (b=0, x, y, z)."""
+    from sparse3d import sparse_quantize
+    c = sparse_quantize(kitti_points[:, :3], 0.05)
+    return torch.from_numpy(np.concatenate([np.zeros((len(c), 1), np.int32), c], 1))
+
+
+def random_coords(n: int, extent: int = 8, batch: int = 2, seed: int = 0, low: int = 0) -> torch.Tensor:
+    """Unique random ``[<=n, 4]`` int32 coords in ``[low, low+extent)^3`` over ``batch`` samples."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randint(0, batch, (n, 1), generator=g)
+    xyz = torch.randint(low, low + extent, (n, 3), generator=g)
+    return torch.unique(torch.cat([b, xyz], 1), dim=0).to(torch.int32)
