@@ -26,29 +26,23 @@ def _fused(x, w, nbmap, out, block):
         j1 = min(M, j0 + block)
         acc = np.zeros((j1 - j0, Cout), dtype=out.dtype)
         for k in range(K):
-            wk = w[k]
             for j in range(j0, j1):
                 i = nbmap[j, k]
                 if i < 0:
                     continue
-                a = acc[j - j0]
-                xi = x[i]
+                r = j - j0
                 for c in range(0, c4, 4):
-                    v0 = xi[c]
-                    v1 = xi[c + 1]
-                    v2 = xi[c + 2]
-                    v3 = xi[c + 3]
-                    w0 = wk[c]
-                    w1 = wk[c + 1]
-                    w2 = wk[c + 2]
-                    w3 = wk[c + 3]
+                    v0 = x[i, c]
+                    v1 = x[i, c + 1]
+                    v2 = x[i, c + 2]
+                    v3 = x[i, c + 3]
                     for o in range(Cout):
-                        a[o] += v0 * w0[o] + v1 * w1[o] + v2 * w2[o] + v3 * w3[o]
+                        acc[r, o] += (v0 * w[k, c, o] + v1 * w[k, c + 1, o]
+                                      + v2 * w[k, c + 2, o] + v3 * w[k, c + 3, o])
                 for c in range(c4, Cin):
-                    v = xi[c]
-                    wc = wk[c]
+                    v = x[i, c]
                     for o in range(Cout):
-                        a[o] += v * wc[o]
+                        acc[r, o] += v * w[k, c, o]
         for j in range(j0, j1):
             for o in range(Cout):
                 out[j, o] = acc[j - j0, o]

@@ -43,22 +43,56 @@ class KernelMap:
             (submanifold odd kernels), else -1.
     """
 
-    def __init__(self, nbmap: torch.Tensor, in_idx: torch.Tensor, out_idx: torch.Tensor,
-                 sizes: Sequence[int], n_in: int, center: int = -1) -> None:
+    def __init__(self, nbmap: torch.Tensor, in_idx: Optional[torch.Tensor], out_idx: Optional[torch.Tensor],
+                 sizes: Optional[Sequence[int]], n_in: int, center: int = -1, symmetric: bool = False) -> None:
         self.nbmap = nbmap
-        self.in_idx = in_idx
-        self.out_idx = out_idx
-        self.sizes: List[int] = [int(s) for s in sizes]
-        self.starts: List[int] = [0] + list(np.cumsum(self.sizes)[:-1].tolist()) if self.sizes else []
+        self._in_idx, self._out_idx = in_idx, out_idx
+        self._sizes: Optional[List[int]] = None if sizes is None else [int(s) for s in sizes]
         self.n_in = int(n_in)
         self.n_out = int(nbmap.shape[0])
         self.center = center
+        self.symmetric = symmetric
         self._t: Optional["KernelMap"] = None
         self.extras: dict = {}
 
+    def _build_pairs(self) -> None:
+        if self.nbmap.device.type == "cpu" and HAS_NUMBA:
+            from sparse3d.ops.kmap.numba_merge import pairs_from_nbmap
+            i, o, s = pairs_from_nbmap(self.nbmap.numpy())
+            self._in_idx, self._out_idx, self._sizes = torch.from_numpy(i), torch.from_numpy(o), s.tolist()
+        else:
+            nbT = self.nbmap.t()
+            kk, oo = torch.nonzero(nbT >= 0, as_tuple=True)
+            self._in_idx, self._out_idx = nbT[kk, oo].long(), oo
+            self._sizes = torch.bincount(kk, minlength=self.nbmap.shape[1]).tolist()
+
+    @property
+    def in_idx(self) -> torch.Tensor:
+        if self._in_idx is None:
+            self._build_pairs()
+        return self._in_idx
+
+    @property
+    def out_idx(self) -> torch.Tensor:
+        if self._out_idx is None:
+            self._build_pairs()
+        return self._out_idx
+
+    @property
+    def sizes(self) -> List[int]:
+        if self._sizes is None:
+            self._build_pairs()
+        return self._sizes
+
+    @property
+    def starts(self) -> List[int]:
+        if "starts" not in self.extras:
+            self.extras["starts"] = [0] + np.cumsum(self.sizes)[:-1].tolist() if self.sizes else []
+        return self.extras["starts"]
+
     @property
     def kernel_volume(self) -> int:
-        return len(self.sizes)
+        return int(self.nbmap.shape[1])
 
     @property
     def num_pairs(self) -> int:
@@ -69,26 +103,37 @@ class KernelMap:
         return self.in_idx[s:s + n], self.out_idx[s:s + n]
 
     def transpose(self) -> "KernelMap":
-        """The same pairs with inputs and outputs swapped (for transposed conv / input grads)."""
+        """The same pairs with inputs and outputs swapped (for transposed conv / input grads).
+
+        For a symmetric (submanifold, odd kernel) map this is the map with its offsets
+        mirrored: ``nbmap[:, ::-1]``, no scatter needed.
+        """
         if self._t is None:
             K = self.kernel_volume
-            nbT = torch.full((self.n_in, K), -1, dtype=torch.int32, device=self.nbmap.device)
-            if self.num_pairs:
-                koff = torch.repeat_interleave(torch.arange(K, device=self.nbmap.device),
-                                               torch.tensor(self.sizes, device=self.nbmap.device))
-                nbT[self.in_idx, koff] = self.out_idx.to(torch.int32)
-            t = KernelMap(nbT, self.out_idx, self.in_idx, self.sizes, self.n_out, self.center)
+            if self.symmetric:
+                t = KernelMap(self.nbmap.flip(1).contiguous(), None, None, None, self.n_out, self.center, True)
+            else:
+                nbT = torch.full((self.n_in, K), -1, dtype=torch.int32, device=self.nbmap.device)
+                if self.num_pairs:
+                    koff = torch.repeat_interleave(torch.arange(K, device=self.nbmap.device),
+                                                   torch.tensor(self.sizes, device=self.nbmap.device))
+                    nbT[self.in_idx, koff] = self.out_idx.to(torch.int32)
+                t = KernelMap(nbT, self.out_idx, self.in_idx, self.sizes, self.n_out, self.center)
             t._t = self
             self._t = t
         return self._t
 
 
-def _hash(cache: Optional[TensorCache], coords: torch.Tensor, stride: Triple, backend: str):
+def _table(cache: Optional[TensorCache], coords: torch.Tensor, stride: Triple, backend: str):
+    """Per-stride lookup structure, built once and kept in the tensor cache."""
     key = (stride, backend)
     if cache is not None and key in cache.hashmaps:
         return cache.hashmaps[key]
     p = pack_params(coords, stride)
     if backend == "numba":
+        from sparse3d.ops.kmap.numba_merge import SortedCoords
+        table = SortedCoords(coords.numpy(), p.mins, p.dims, stride)
+    elif backend == "hash":
         from sparse3d.ops.kmap.numba_cpu import HashTable
         table = HashTable(coords.numpy(), p.mins, p.dims, stride)
     else:
@@ -107,26 +152,24 @@ def build_kernel_map(in_coords: torch.Tensor, out_coords: torch.Tensor, offsets:
         in_coords: ``[N, 4]`` int32; out_coords: ``[M, 4]`` int32; offsets: ``[K, 3]`` int32.
         symmetric: ``out_coords is in_coords`` with a point-symmetric odd kernel
             (probe half the offsets, mirror the hits, centre = identity).
+        backend: ``"numba"`` (sorted merge-join, CPU default), ``"hash"`` (numba
+            open-addressing hash table), ``"torch"`` (sort + searchsorted, any device).
     """
     backend = backend or kmap_backend(in_coords.device)
     K = offsets.shape[0]
+    center = K // 2 if symmetric else -1
     if in_coords.shape[0] == 0 or out_coords.shape[0] == 0:
         nb = torch.full((out_coords.shape[0], K), -1, dtype=torch.int32, device=in_coords.device)
         e = torch.zeros(0, dtype=torch.long, device=in_coords.device)
-        return KernelMap(nb, e, e, [0] * K, in_coords.shape[0], K // 2 if symmetric else -1)
-    if backend == "numba":
-        from sparse3d.ops.kmap.numba_cpu import nbmap_to_pairs
-        table = _hash(cache, in_coords, in_stride, backend)
+        return KernelMap(nb, e, e, [0] * K, in_coords.shape[0], center, symmetric)
+    if backend in ("numba", "hash"):
+        table = _table(cache, in_coords, in_stride, backend)
         nb = table.query(out_coords.numpy(), offsets.numpy(), symmetric)
-        in_idx, out_idx, sizes = nbmap_to_pairs(nb)
-        return KernelMap(torch.from_numpy(nb), torch.from_numpy(in_idx), torch.from_numpy(out_idx),
-                         sizes.tolist(), in_coords.shape[0], K // 2 if symmetric else -1)
+        return KernelMap(torch.from_numpy(nb), None, None, None, in_coords.shape[0], center, symmetric)
+    if backend != "torch":
+        raise ValueError(f"unknown kernel-map backend {backend!r}: use 'numba', 'hash' or 'torch'")
     nb = kref.build_nbmap(in_coords, out_coords, offsets, in_stride)
-    nbT = nb.t()
-    kk, oo = torch.nonzero(nbT >= 0, as_tuple=True)
-    in_idx = nbT[kk, oo].long()
-    sizes = torch.bincount(kk, minlength=K).tolist()
-    return KernelMap(nb, in_idx, oo, sizes, in_coords.shape[0], K // 2 if symmetric else -1)
+    return KernelMap(nb, None, None, None, in_coords.shape[0], center, symmetric)
 
 
 def output_coords(x: SparseTensor, conv_stride: Triple, backend: Optional[str] = None) -> Tuple[torch.Tensor, Triple]:

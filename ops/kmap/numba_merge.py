@@ -1,0 +1,192 @@
+"""Numba CPU kernel maps by sorted merge-join (the default CPU conv map).
+
+With keys packed lexicographically (b slowest, z fastest), translating every
+output coordinate by a fixed offset preserves their order, so for one offset the
+queries of lexicographically sorted outputs form a non-decreasing key sequence.
+Each (offset, chunk of outputs) task therefore walks the sorted input keys with
+a forward-only pointer: sequential memory access, no hashing, O(N + M) per offset.
+All divisions (stride quantization) are done once up front; per query the work is
+three bounds checks, a few multiply-adds and a pointer advance.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["SortedCoords", "merge_query", "pairs_from_nbmap"]
+
+
+@njit(cache=True)
+def _quantize(coords, mins, strides, q):
+    for i in range(coords.shape[0]):
+        q[i, 0] = coords[i, 0] - mins[0]
+        for a in range(3):
+            r = coords[i, a + 1] - mins[a + 1]
+            q[i, a + 1] = r // strides[a]
+
+
+@njit(cache=True)
+def _keys(q, dims, keys):
+    """keys of quantized coords; returns True if non-decreasing."""
+    ok = True
+    for i in range(q.shape[0]):
+        keys[i] = ((q[i, 0] * dims[1] + q[i, 1]) * dims[2] + q[i, 2]) * dims[3] + q[i, 3]
+        if i and keys[i] < keys[i - 1]:
+            ok = False
+    return ok
+
+
+class SortedCoords:
+    """Packed, sorted keys of one coordinate set (built once per tensor stride).
+
+    ``keys [N]`` int64 ascending; ``perm [N]`` maps sorted position -> row (identity
+    when the rows were already sorted, the usual case after ``sparse_quantize``).
+    """
+
+    def __init__(self, coords: np.ndarray, mins, dims, strides):
+        self.mins = np.asarray(mins, np.int64)
+        self.dims = np.asarray(dims, np.int64)
+        self.strides = np.asarray(strides, np.int64)
+        q = np.empty((coords.shape[0], 4), np.int64)
+        _quantize(coords, self.mins, self.strides, q)
+        keys = np.empty(coords.shape[0], np.int64)
+        if _keys(q, self.dims, keys):
+            self.keys, self.perm = keys, np.arange(coords.shape[0], dtype=np.int64)
+        else:
+            self.perm = np.argsort(keys, kind="stable").astype(np.int64)
+            self.keys = keys[self.perm]
+        dup = np.flatnonzero(self.keys[1:] == self.keys[:-1])
+        if dup.size:
+            a, b = self.perm[dup[0]], self.perm[dup[0] + 1]
+            raise ValueError(
+                f"duplicate coordinates: rows {int(min(a, b))} and {int(max(a, b))} are both "
+                f"{coords[a].tolist()}; deduplicate with sparse3d.sparse_quantize")
+
+    def query(self, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool) -> np.ndarray:
+        return merge_query(self, out_coords, offsets, symmetric)
+
+
+@njit(cache=True, parallel=True)
+def _merge(keys, perm, dims, qo, order, qoff, kq, K, symmetric, nbmap, chunk):
+    M = qo.shape[0]
+    N = keys.shape[0]
+    nchunks = (M + chunk - 1) // chunk
+    # one task = one chunk of outputs x all offsets: threads own disjoint rows (no false sharing)
+    for c in prange(nchunks):
+        j0 = c * chunk
+        j1 = min(M, j0 + chunk)
+        for k in range(kq):
+            ob = qoff[k, 0]
+            ox = qoff[k, 1]
+            oy = qoff[k, 2]
+            oz = qoff[k, 3]
+            i = -1
+            for jj in range(j0, j1):
+                j = order[jj]
+                b = qo[j, 0] + ob
+                x = qo[j, 1] + ox
+                y = qo[j, 2] + oy
+                z = qo[j, 3] + oz
+                if (b < 0 or x < 0 or y < 0 or z < 0 or b >= dims[0] or x >= dims[1]
+                        or y >= dims[2] or z >= dims[3]):
+                    continue
+                key = ((b * dims[1] + x) * dims[2] + y) * dims[3] + z
+                if i < 0:
+                    i = np.searchsorted(keys, key)
+                else:
+                    # forward-only walk; gallop over long gaps
+                    step = 1
+                    while i + step < N and keys[i + step] < key:
+                        i += step
+                        step *= 2
+                    while i < N and keys[i] < key:
+                        i += 1
+                if i >= N:
+                    break
+                if keys[i] == key:
+                    src = perm[i]
+                    nbmap[j, k] = src
+                    if symmetric:
+                        nbmap[src, K - 1 - k] = j
+        if symmetric:
+            for jj in range(j0, j1):
+                nbmap[jj, K // 2] = jj
+
+
+def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool) -> np.ndarray:
+    """``nbmap [M, K]`` int32 of input rows at ``out + offset`` (-1 if absent).
+
+    ``out_coords`` must lie on the table's stride lattice shifted by multiples of it
+    (true for submanifold, strided and transposed maps). With ``symmetric`` only the
+    first K//2 offsets are walked and each hit fills its mirror entry.
+    """
+    M, K = out_coords.shape[0], offsets.shape[0]
+    nbmap = np.full((M, K), -1, dtype=np.int32)
+    if M == 0 or table.keys.shape[0] == 0:
+        return nbmap
+    st = table.strides
+    off = np.asarray(offsets, np.int64)
+    if (off % st).any():
+        raise ValueError(f"kernel offsets {off.tolist()} are not multiples of the tensor stride {st.tolist()}")
+    qoff = np.zeros((K, 4), np.int64)
+    qoff[:, 1:] = off // st
+    rel = out_coords[:, 1:].astype(np.int64) - table.mins[1:]
+    if (rel % st).any():
+        raise ValueError("output coordinates are not on the input stride lattice")
+    qo = np.empty((M, 4), np.int64)
+    _quantize(out_coords, table.mins, st, qo)
+    keys = np.empty(M, np.int64)
+    if _keys(np.clip(qo, 0, None), table.dims, keys) and (qo >= 0).all():
+        order = np.arange(M, dtype=np.int64)
+    else:
+        # lexicographic order of the outputs (translation-invariant)
+        order = np.lexsort((qo[:, 3], qo[:, 2], qo[:, 1], qo[:, 0])).astype(np.int64)
+    kq = K // 2 if symmetric else K
+    chunk = 1024
+    _merge(table.keys, table.perm, table.dims, qo, order, qoff, kq, K, symmetric, nbmap, chunk)
+    return nbmap
+
+
+@njit(cache=True, parallel=True)
+def _block_counts(nbmap, block, counts):
+    M, K = nbmap.shape
+    for b in prange(counts.shape[0]):
+        for j in range(b * block, min(M, b * block + block)):
+            for k in range(K):
+                if nbmap[j, k] >= 0:
+                    counts[b, k] += 1
+
+
+@njit(cache=True, parallel=True)
+def _block_fill(nbmap, block, starts, in_idx, out_idx):
+    M, K = nbmap.shape
+    for b in prange(starts.shape[0]):
+        pos = starts[b].copy()
+        for j in range(b * block, min(M, b * block + block)):
+            for k in range(K):
+                i = nbmap[j, k]
+                if i >= 0:
+                    in_idx[pos[k]] = i
+                    out_idx[pos[k]] = j
+                    pos[k] += 1
+
+
+def pairs_from_nbmap(nbmap: np.ndarray):
+    """Offset-grouped pairs ``(in_idx [P], out_idx [P], sizes [K])`` int64, outputs ascending
+    within each offset. Two row-major passes over ``nbmap`` (cache friendly)."""
+    M, K = nbmap.shape
+    block = 2048
+    nb = max(1, -(-M // block))
+    counts = np.zeros((nb, K), np.int64)
+    if M:
+        _block_counts(nbmap, block, counts)
+    sizes = counts.sum(0)
+    base = np.zeros(K, np.int64)
+    base[1:] = np.cumsum(sizes)[:-1]
+    starts = base[None, :] + np.cumsum(counts, 0) - counts
+    P = int(sizes.sum())
+    in_idx = np.empty(P, np.int64)
+    out_idx = np.empty(P, np.int64)
+    if P:
+        _block_fill(nbmap, block, np.ascontiguousarray(starts), in_idx, out_idx)
+    return in_idx, out_idx, sizes
