@@ -14,8 +14,7 @@ from numba import njit, prange
 __all__ = ["fused_conv"]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _fused(x, w, nbmap, out, block):
+def _fused_py(x, w, nbmap, out, block):
     M, K = nbmap.shape
     Cin = x.shape[1]
     Cout = w.shape[2]
@@ -48,10 +47,17 @@ def _fused(x, w, nbmap, out, block):
                 out[j, o] = acc[j - j0, o]
 
 
+_fused = njit(cache=True, parallel=True, fastmath=True)(_fused_py)
+_fused_serial = njit(cache=True, fastmath=True)(_fused_py)
+# below this many multiply-adds the thread-pool wake-up costs more than it saves
+PARALLEL_MIN_MACS = 1 << 21
+
+
 def fused_conv(x: np.ndarray, w: np.ndarray, nbmap: np.ndarray, block: int = 32) -> np.ndarray:
     """Args: x ``[N, Cin]``, w ``[K, Cin, Cout]`` (same float dtype), nbmap ``[M, K]`` int32.
     Returns ``[M, Cout]``."""
     out = np.empty((nbmap.shape[0], w.shape[2]), dtype=x.dtype)
     if nbmap.shape[0]:
-        _fused(x, w, nbmap, out, block)
+        macs = nbmap.shape[0] * nbmap.shape[1] * w.shape[1] * w.shape[2]
+        (_fused if macs >= PARALLEL_MIN_MACS else _fused_serial)(x, w, nbmap, out, block)
     return out
