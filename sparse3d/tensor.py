@@ -199,8 +199,8 @@ class SparseTensor:
             shape = (idx.max(0).values + 1).tolist() if idx.numel() else [0, 0, 0]
         else:
             shape = list(spatial_shape)
-            if idx.numel() and ((idx < 0).any() or (idx >= torch.tensor(shape, device=idx.device)).any()):
-                raise ValueError(f"coordinates fall outside spatial_shape {shape} from min_coord {mn.tolist()}")
+        if idx.numel() and ((idx < 0).any() or (idx >= torch.tensor(shape, device=idx.device)).any()):
+            raise ValueError(f"coordinates fall outside spatial_shape {shape} from min_coord {mn.tolist()}")
         b = self.coords[:, 0].long()
         bs = batch_size if batch_size is not None else self.batch_size
         out = self.feats.new_zeros((bs, *shape, self.feats.shape[1]))
