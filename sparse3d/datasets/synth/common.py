@@ -1,0 +1,33 @@
+"""Raw SemanticKITTI ids of the synthetic classes, and small geometry helpers."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CAR", "BICYCLE", "TRUCK", "PERSON", "ROAD", "PARKING", "SIDEWALK", "BUILDING", "FENCE",
+           "VEGETATION", "TRUNK", "TERRAIN", "POLE", "TRAFFIC_SIGN", "SYNTH_RAW_IDS", "THING_IDS",
+           "rot_x", "rot_y", "rot_z"]
+
+CAR, BICYCLE, TRUCK, PERSON = 10, 11, 18, 30
+ROAD, PARKING, SIDEWALK = 40, 44, 48
+BUILDING, FENCE, VEGETATION, TRUNK, TERRAIN, POLE, TRAFFIC_SIGN = 50, 51, 70, 71, 72, 80, 81
+
+#: The 14 raw ids the generator emits (sorted).
+SYNTH_RAW_IDS = (CAR, BICYCLE, TRUCK, PERSON, ROAD, PARKING, SIDEWALK, BUILDING, FENCE,
+                 VEGETATION, TRUNK, TERRAIN, POLE, TRAFFIC_SIGN)
+#: Classes that carry instance ids (upper 16 bits of the label).
+THING_IDS = (CAR, BICYCLE, TRUCK, PERSON)
+
+
+def rot_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def rot_y(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])

@@ -1,0 +1,234 @@
+"""Synthetic SemanticKITTI generator: determinism, format round trip, classes, sensor, kernels."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse3d.datasets import SemanticKITTI, raw_to_train
+from sparse3d.datasets.semantic_kitti import read_labels, read_points
+from sparse3d.datasets.synth.common import SYNTH_RAW_IDS, THING_IDS
+from sparse3d.datasets.synth.primitives import BOX, CYLINDER, ELLIPSOID, intersect
+from sparse3d.datasets.synth.raycast import intersect_one
+from sparse3d.datasets.synth.scene import SENSOR_HEIGHT, build_scene
+from sparse3d.datasets.synth.sensor import HDL64E, scan
+from sparse3d.datasets.synthetic_lidar import ensure_synthetic_kitti, generate_sequence, generate_synthetic_kitti
+
+TINY = dict(seed=3, n_train=2, n_val=1, azimuth_steps=500)
+
+
+def _files(root: Path):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != "synth_meta.json")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_kitti(root, **TINY)
+    return root
+
+
+def test_layout_is_semantickitti(tiny):
+    seqs = sorted(p.name for p in (tiny / "sequences").iterdir())
+    assert seqs == ["00", "01", "08"]
+    for s in seqs:
+        d = tiny / "sequences" / s
+        bins = sorted(p.stem for p in (d / "velodyne").glob("*.bin"))
+        labs = sorted(p.stem for p in (d / "labels").glob("*.label"))
+        assert bins == labs == [f"{i:06d}" for i in range(len(bins))]
+        assert (d / "calib.txt").exists()
+        assert len((d / "poses.txt").read_text().splitlines()) == len(bins)
+
+
+def test_deterministic_by_seed(tiny, tmp_path):
+    again = tmp_path / "again"
+    generate_synthetic_kitti(again, **TINY)
+    files = _files(tiny)
+    assert files == _files(again)
+    for f in files:
+        assert (tiny / f).read_bytes() == (again / f).read_bytes(), f
+    other = tmp_path / "other"
+    generate_synthetic_kitti(other, **{**TINY, "seed": 4})
+    f = Path("sequences/00/velodyne/000000.bin")
+    assert (tiny / f).read_bytes() != (other / f).read_bytes()
+
+
+def test_round_trip_through_reader(tiny):
+    train = SemanticKITTI(tiny, sequences=[0, 1])
+    val = SemanticKITTI(tiny, split="val")
+    assert len(train) == 2 and len(val) == 1
+    for ds in (train, val):
+        for i in range(len(ds)):
+            s = ds[i]
+            scan_id, bin_path, label_path = ds.scans[i]
+            raw = np.fromfile(bin_path, dtype=np.float32).reshape(-1, 4)
+            np.testing.assert_array_equal(s["points"], raw)
+            lab = np.fromfile(label_path, dtype=np.uint32)
+            sem, inst = lab & 0xFFFF, lab >> 16
+            assert set(np.unique(sem).tolist()) <= set(SYNTH_RAW_IDS)
+            np.testing.assert_array_equal(s["labels"], raw_to_train(sem))
+            assert (s["labels"] != 255).all()  # no unlabeled points in the synthetic set
+            things = np.isin(sem, THING_IDS)
+            assert (inst[things] > 0).all() and (inst[~things] == 0).all()
+            assert s["scan_id"] == f"{bin_path.parent.parent.name}/{bin_path.stem}"
+            assert np.isfinite(raw).all() and (raw[:, 3] >= 0).all() and (raw[:, 3] < 1).all()
+
+
+def test_poses_and_calib_round_trip(tiny):
+    ds = SemanticKITTI(tiny, split="val")
+    scene = build_scene(np.random.default_rng(np.random.SeedSequence([TINY["seed"], 8])), 1)
+    assert len(scene.poses) == 1
+    np.testing.assert_allclose(ds.poses(8), np.eye(4)[None], atol=1e-12)
+    assert set(ds.calib(8)) == {"P0", "P1", "P2", "P3", "Tr"}
+
+
+def test_poses_follow_the_drive(tmp_path):
+    generate_sequence(tmp_path, 0, 4, seed=7, azimuth_steps=200)
+    scene = build_scene(np.random.default_rng(np.random.SeedSequence([7, 0])), 4)
+    got = SemanticKITTI(tmp_path, sequences=[0]).poses(0)
+    np.testing.assert_allclose(got, np.linalg.inv(scene.poses[0]) @ scene.poses, atol=1e-9)
+    steps = np.linalg.norm(np.diff(got[:, :3, 3], axis=0), axis=1)
+    assert ((steps > 7) & (steps < 13)).all()  # one scan every ~10 m along the street
+    # the scan content follows the pose: static road points of scan 0 and 1 overlap in the world
+    ds = SemanticKITTI(tmp_path, sequences=[0])
+    w = [(got[i][:3, :3] @ ds[i]["points"][:, :3].T).T + got[i][:3, 3] for i in (0, 1)]
+    assert abs(np.median(w[0][:, 2]) - np.median(w[1][:, 2])) < 0.5
+
+
+def test_instances_consistent_over_a_sequence(tiny):
+    """The same object keeps its instance id and class across scans of a sequence."""
+    d = tiny / "sequences" / "00" / "labels"
+    pairs = set()
+    for f in sorted(d.glob("*.label")):
+        sem, inst = read_labels(f)
+        pairs |= set(zip(inst[inst > 0].tolist(), sem[inst > 0].tolist()))
+    ids = [i for i, _ in pairs]
+    assert len(ids) == len(set(ids))
+
+
+def test_all_classes_present(tiny):
+    seen = set()
+    for f in sorted(tiny.rglob("*.label")):
+        seen |= set(np.unique(read_labels(f)[0]).tolist())
+    assert seen == set(SYNTH_RAW_IDS)
+
+
+def test_remission_is_not_a_class_id(tiny):
+    """A remission-only classifier (majority class per remission bin) is far from perfect."""
+    rem, lab = [], []
+    for f in sorted(tiny.rglob("*.bin")):
+        rem.append(read_points(f)[:, 3])
+        lab.append(read_labels(f.parent.parent / "labels" / (f.stem + ".label"))[0])
+    rem, lab = np.concatenate(rem), np.concatenate(lab)
+    bins = np.minimum((rem * 50).astype(int), 49)
+    classes = np.array(SYNTH_RAW_IDS)
+    counts = np.stack([np.bincount(bins[lab == c], minlength=50) for c in classes])  # [C, 50]
+    pred = classes[counts.argmax(0)][bins]
+    recall = [(pred[lab == c] == c).mean() for c in classes]
+    assert np.mean(recall) < 0.4, recall
+
+
+def test_scan_size_and_time():
+    """A full-resolution scan (64 x 2000 rays): point count like a KITTI scan; time is only recorded."""
+    scene = build_scene(np.random.default_rng(11), 2)
+    scan(scene.prims, scene.layout, scene.poses[0], np.random.default_rng(0))  # warm up numba
+    t0 = time.perf_counter()
+    pts, sem, inst = scan(scene.prims, scene.layout, scene.poses[1], np.random.default_rng(1))
+    dt = time.perf_counter() - t0
+    print(f"full scan: {len(pts)} points in {dt:.3f} s")
+    assert 80_000 < len(pts) < 128_000
+    assert pts.dtype == np.float32 and sem.dtype == np.uint16 and inst.dtype == np.uint16
+    r = np.linalg.norm(pts[:, :3], axis=1)
+    assert r.min() >= HDL64E().min_range - 0.1 and r.max() <= HDL64E().max_range + 0.1
+    el = np.degrees(np.arcsin(pts[:, 2] / r))
+    assert el.min() > -25.5 and el.max() < 2.5
+    # the road below the sensor is ~1.73 m down
+    road = (sem == 40) & (r < 10)
+    assert abs(np.median(pts[road, 2]) + SENSOR_HEIGHT) < 0.1
+
+
+def test_ground_hits_lie_on_the_height_field():
+    scene = build_scene(np.random.default_rng(5), 1)
+    lay, pose = scene.layout, scene.poses[0]
+    rng = np.random.default_rng(0)
+    az = rng.uniform(0, 2 * np.pi, 4000)
+    el = np.radians(rng.uniform(-25, 3, 4000))
+    d = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1) @ pose[:3, :3].T
+    t, cls = lay.intersect(pose[:3, 3], d, 120.0)
+    hit = np.isfinite(t)
+    assert hit.sum() > 1000 and not hit[el > np.radians(1.0)].any()
+    p = pose[:3, 3] + t[hit, None] * d[hit]
+    gap = p[:, 2] - lay.height(p[:, 0], p[:, 1])
+    # the hit is the first crossing: at/below the surface there, above it 3 cm earlier on the ray
+    # (curb faces are vertical steps, so the point may lie below the height at its own xy)
+    assert (gap <= 1e-9).all()
+    q = pose[:3, 3] + (t[hit, None] - 0.03) * d[hit]
+    assert (q[:, 2] > lay.height(q[:, 0], q[:, 1])).mean() > 0.995
+    assert (np.abs(gap) < 0.02).mean() > 0.97
+    np.testing.assert_array_equal(cls[hit], lay.classify(p[:, 0], p[:, 1])[0])
+    assert (cls[~hit] == 0).all()
+
+
+@pytest.mark.parametrize("kind", [BOX, ELLIPSOID, CYLINDER])
+def test_numba_intersection_matches_numpy_reference(kind):
+    rng = np.random.default_rng(kind)
+    for _ in range(20):
+        half = rng.uniform(0.05, 3.0, 3)
+        o = rng.uniform(-8, 8, 3)
+        d = rng.normal(size=(300, 3))
+        d[:20, rng.integers(3)] = 0.0  # rays parallel to a face / the axis
+        t_ref, out_ref, _ = intersect(kind, o, d, half)
+        got = np.array([intersect_one(kind, o, d[i], half)[:2] for i in range(len(d))])
+        hit = np.isfinite(t_ref) & (out_ref > 0)
+        np.testing.assert_allclose(got[hit, 0], t_ref[hit], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got[hit, 1], out_ref[hit], rtol=1e-9, atol=1e-9)
+        assert not (np.isfinite(got[:, 0]) & (got[:, 1] > 0) & ~hit).any()
+        # brute force: points at the entry lie on the surface
+        p = o + got[hit, :1] * d[hit]
+        if kind == ELLIPSOID:
+            np.testing.assert_allclose(((p / half) ** 2).sum(1), 1.0, atol=1e-6)
+        elif kind == BOX:
+            np.testing.assert_allclose(np.abs(p / half).max(1), 1.0, atol=1e-6)
+
+
+def test_ensure_synthetic_kitti(tmp_path):
+    root = tmp_path / "set"
+    kw = dict(seed=1, n_train=1, n_val=1, azimuth_steps=300)
+    assert ensure_synthetic_kitti(root, **kw) == root
+    meta = root / "synth_meta.json"
+    stamp = meta.stat().st_mtime_ns
+    ensure_synthetic_kitti(root, **kw)  # present: nothing regenerated
+    assert meta.stat().st_mtime_ns == stamp
+    assert len(SemanticKITTI(root, split="val")) == 1
+    ensure_synthetic_kitti(root, **{**kw, "n_train": 2})  # other parameters: regenerated
+    assert json.loads(meta.read_text())["params"]["n_train"] == 2
+    assert len(SemanticKITTI(root, sequences=[0, 1])) == 2
+    assert not list(tmp_path.glob(".set.tmp-*"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a generated synthetic set"):
+        ensure_synthetic_kitti(foreign, **kw)
+    assert (foreign / "mine.txt").read_text() == "keep"
+
+
+def test_bad_generator_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_train"):
+        generate_synthetic_kitti(tmp_path, n_train=0, n_val=0)
+
+
+def test_make_data_cli(repo_dir, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_data", repo_dir / "tools" / "make_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cli"
+    mod.main(["semantickitti", "--out", str(out), "--seed", "2", "--train", "1", "--val", "1",
+              "--azimuth-steps", "300"])
+    assert len(SemanticKITTI(out, sequences=[0])) == 1 and len(SemanticKITTI(out, split="val")) == 1
+    assert "road" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main([])
