@@ -370,8 +370,6 @@ def test_collate_into_one_sparse_tensor(real_root):
     assert int(only["lidar_inverse"].max()) == len(only["lidar"].coords) - 1
 
 
-@pytest.mark.xfail(strict=True, reason="sparse_collate_fn stacks per-point arrays whose lengths happen to "
-                                       "be equal; fix proposed in the data report")
 def test_collate_equal_sizes_concatenates():
     s = Voxelize(0.5)(_sample(500, 3))
     batch = sparse_collate_fn([s, s])

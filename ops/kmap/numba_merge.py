@@ -67,50 +67,89 @@ class SortedCoords:
 
 
 @njit(cache=True, parallel=True)
-def _merge(keys, perm, dims, qo, order, qoff, kq, K, symmetric, nbmap, chunk):
+def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap, chunk):
+    """Walk the sorted input keys once per (chunk, xy-column of offsets).
+
+    Offsets sharing (dx, dy) differ only in z, i.e. by small steps of the packed key:
+    one forward walk per column finds the first candidate, then each z offset of
+    the column is a short local walk.
+    """
     M = qo.shape[0]
     N = keys.shape[0]
+    ncols = col_k.shape[0]
     nchunks = (M + chunk - 1) // chunk
     # one task = one chunk of outputs x all offsets: threads own disjoint rows (no false sharing)
     for c in prange(nchunks):
         j0 = c * chunk
         j1 = min(M, j0 + chunk)
-        for k in range(kq):
-            ob = qoff[k, 0]
-            ox = qoff[k, 1]
-            oy = qoff[k, 2]
-            oz = qoff[k, 3]
+        for col in range(ncols):
+            k0 = col_k[col, 0]
+            ob = qoff[k0, 0]
+            ox = qoff[k0, 1]
+            oy = qoff[k0, 2]
+            oz0 = qoff[k0, 3]
             i = -1
             for jj in range(j0, j1):
                 j = order[jj]
                 b = qo[j, 0] + ob
                 x = qo[j, 1] + ox
                 y = qo[j, 2] + oy
-                z = qo[j, 3] + oz
-                if (b < 0 or x < 0 or y < 0 or z < 0 or b >= dims[0] or x >= dims[1]
-                        or y >= dims[2] or z >= dims[3]):
+                if b < 0 or x < 0 or y < 0 or b >= dims[0] or x >= dims[1] or y >= dims[2]:
                     continue
-                key = ((b * dims[1] + x) * dims[2] + y) * dims[3] + z
+                z = qo[j, 3]
+                base = ((b * dims[1] + x) * dims[2] + y) * dims[3]
+                zt = z + oz0
+                if zt < 0:
+                    zt = 0
+                target = base + zt
                 if i < 0:
-                    i = np.searchsorted(keys, key)
+                    i = np.searchsorted(keys, target)
                 else:
-                    # forward-only walk; gallop over long gaps
                     step = 1
-                    while i + step < N and keys[i + step] < key:
+                    while i + step < N and keys[i + step] < target:
                         i += step
                         step *= 2
-                    while i < N and keys[i] < key:
+                    while i < N and keys[i] < target:
                         i += 1
                 if i >= N:
                     break
-                if keys[i] == key:
-                    src = perm[i]
-                    nbmap[j, k] = src
-                    if symmetric:
-                        nbmap[src, K - 1 - k] = j
+                i2 = i
+                for t in range(col_n[col]):
+                    k = col_k[col, t]
+                    zz = z + qoff[k, 3]
+                    if zz < 0:
+                        continue
+                    if zz >= dims[3]:
+                        break
+                    key = base + zz
+                    while i2 < N and keys[i2] < key:
+                        i2 += 1
+                    if i2 >= N:
+                        break
+                    if keys[i2] == key:
+                        src = perm[i2]
+                        nbmap[j, k] = src
+                        if symmetric:
+                            nbmap[src, K - 1 - k] = j
         if symmetric:
             for jj in range(j0, j1):
                 nbmap[jj, K // 2] = jj
+
+
+def _columns(qoff: np.ndarray, probe: np.ndarray):
+    """Group probed offsets by (dx, dy): ``col_k [C, maxKz]`` (k ascending in dz), ``col_n [C]``."""
+    cols = {}
+    for k in probe:
+        cols.setdefault((int(qoff[k, 1]), int(qoff[k, 2])), []).append(int(k))
+    ncol = len(cols)
+    width = max((len(v) for v in cols.values()), default=1)
+    col_k = np.full((max(ncol, 1), width), -1, np.int64)
+    col_n = np.zeros(max(ncol, 1), np.int64)
+    for c, ks in enumerate(cols.values()):
+        ks.sort(key=lambda k: qoff[k, 3])
+        col_k[c, : len(ks)] = ks
+        col_n[c] = len(ks)
+    return col_k[:ncol], col_n[:ncol]
 
 
 def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool) -> np.ndarray:
@@ -141,9 +180,8 @@ def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray
     else:
         # lexicographic order of the outputs (translation-invariant)
         order = np.lexsort((qo[:, 3], qo[:, 2], qo[:, 1], qo[:, 0])).astype(np.int64)
-    kq = K // 2 if symmetric else K
-    chunk = 1024
-    _merge(table.keys, table.perm, table.dims, qo, order, qoff, kq, K, symmetric, nbmap, chunk)
+    col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
+    _merge(table.keys, table.perm, table.dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap, 1024)
     return nbmap
 
 

@@ -8,7 +8,10 @@ import torch
 
 from ..tensor import PointTensor, SparseTensor
 
-__all__ = ["sparse_collate", "sparse_collate_fn"]
+__all__ = ["sparse_collate", "sparse_collate_fn", "CAT_KEYS"]
+
+#: Per-voxel / per-point keys that are always concatenated, even when all samples have equal length.
+CAT_KEYS = ("targets", "targets_mapped")
 
 
 def _as_tensor(x):
@@ -34,14 +37,15 @@ def sparse_collate(tensors: Sequence[SparseTensor]) -> SparseTensor:
     return SparseTensor(torch.cat(feats), torch.cat(coords), stride)
 
 
-def sparse_collate_fn(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+def sparse_collate_fn(samples: List[Dict[str, Any]], cat_keys: Sequence[str] = CAT_KEYS) -> Dict[str, Any]:
     """``DataLoader`` collate for dict samples.
 
     ``SparseTensor`` values are batched with :func:`sparse_collate`; ``PointTensor``
     values get their batch column set and are concatenated; tensors/arrays with a
     matching leading dimension are concatenated when keyed ``*_inverse`` (offset by
-    the voxel count of the preceding samples) or stacked otherwise; other values are
-    returned as lists.
+    the voxel count of the preceding samples), concatenated when keyed in ``cat_keys``
+    (per-voxel/per-point labels) or when lengths differ, and stacked otherwise; other
+    values are returned as lists.
     """
     if not samples:
         raise ValueError("empty batch")
@@ -68,7 +72,7 @@ def sparse_collate_fn(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
                     ref = s.get(ref_key)
                     offs += len(ref) if ref is not None else int(t.max()) + 1
                 out[key] = torch.cat(shifted)
-            elif all(t.shape == ts[0].shape for t in ts):
+            elif key not in cat_keys and all(t.shape == ts[0].shape for t in ts):
                 out[key] = torch.stack(ts)
             else:
                 out[key] = torch.cat(ts)
