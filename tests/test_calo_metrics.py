@@ -162,6 +162,15 @@ def test_response_metric_hand_built():
     assert rm2.compute()["response_mean"] == pytest.approx(11.0 / 12.0)
     with pytest.raises(ValueError, match="truth_energy"):
         rm2.update(pred, truth, energy, truth_energy=np.array([1.0]))
+    # per-type summaries: group 22 holds truth A only, group 211 truth B only
+    rm3 = ResponseMetric()
+    rm3.update(pred, truth, energy, truth_group=np.array([22, 211]))
+    sa, sb = rm3.compute(group=22), rm3.compute(group=211)
+    assert sa["n_true"].sum() == 1 and np.nansum(sa["efficiency"]) == 1.0 and sa["response_mean"] == pytest.approx(1.1)
+    assert sb["n_true"].sum() == 1 and np.nansum(sb["efficiency"]) == 0.0 and np.isnan(sb["response_mean"])
+    assert np.array_equal(sa["n_pred"], sb["n_pred"])                  # fakes are not split by group
+    with pytest.raises(ValueError, match="truth_group"):
+        rm3.update(pred, truth, energy, truth_group=np.array([22]))
 
 
 def test_binned_response_values():

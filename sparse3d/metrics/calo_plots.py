@@ -28,6 +28,16 @@ def _figure(ncols: int, width: float = 5.0, height: float = 4.0):
     return fig, axes
 
 
+def _log_x(ax) -> None:
+    """Log x axis with plain major labels and no minor labels."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ax.set_xscale("log")
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -62,7 +72,7 @@ def plot_response_resolution(summaries, path, labels: Optional[Sequence[str]] = 
             h[0].set_label(lab)
     ax_r.axhline(1.0, color="grey", lw=0.8, ls="--")
     for ax, yl in ((ax_r, "<E_reco / E_true>"), (ax_s, "sigma / E")):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("E_true [GeV]")
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
@@ -84,7 +94,7 @@ def plot_efficiency(summaries, path, labels: Optional[Sequence[str]] = None, tit
             ok = np.isfinite(s[k])
             ax.errorbar(c[ok], s[k][ok], yerr=s[k + "_err"][ok], fmt="o-", label=lab)
     for ax, xl, yl in ((ax_e, "E_true [GeV]", "efficiency"), (ax_f, "E_reco [GeV]", "fake rate")):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_ylim(-0.02, 1.05)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)

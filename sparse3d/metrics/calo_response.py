@@ -96,9 +96,10 @@ def binned_response(e_true, e_reco, bins=DEFAULT_BINS, min_entries: int = 2):
 class ResponseMetric:
     """Accumulate matched pairs over events; :meth:`compute` bins them.
 
-    ``update(pred, truth, energy, truth_energy=None)``: ``pred, truth`` ``[N]`` labels,
-    ``energy`` ``[N]`` hit energies, ``truth_energy`` ``[K]`` true energy per truth label
-    (indexed by the label value) or None for the visible energy.
+    ``update(pred, truth, energy, truth_energy=None, truth_group=None)``: ``pred, truth``
+    ``[N]`` labels, ``energy`` ``[N]`` hit energies, ``truth_energy`` ``[K]`` true energy per
+    truth label (indexed by the label value) or None for the visible energy, ``truth_group``
+    ``[K]`` int category per truth label (e.g. ``abs(pdgId)``) for :meth:`compute` ``(group=...)``.
     """
 
     bins: tuple = DEFAULT_BINS
@@ -106,10 +107,11 @@ class ResponseMetric:
     true_e: List[np.ndarray] = field(default_factory=list)
     true_matched: List[np.ndarray] = field(default_factory=list)
     true_reco: List[np.ndarray] = field(default_factory=list)
+    true_group: List[np.ndarray] = field(default_factory=list)
     pred_e: List[np.ndarray] = field(default_factory=list)
     pred_matched: List[np.ndarray] = field(default_factory=list)
 
-    def update(self, pred, truth, energy, truth_energy=None) -> None:
+    def update(self, pred, truth, energy, truth_energy=None, truth_group=None) -> None:
         energy = _labels("weight", energy).astype(np.float64)
         m = match_instances(pred, truth, energy, self.threshold)
         pred = np.asarray(pred).astype(np.int64)
@@ -123,6 +125,13 @@ class ResponseMetric:
             if m.truth_ids.size and m.truth_ids.max() >= te.size:
                 raise ValueError(f"'truth_energy' has {te.size} entries but truth label {m.truth_ids.max()} is used")
             e_true = te[m.truth_ids]
+        if truth_group is None:
+            group = np.zeros(m.truth_ids.size, np.int64)
+        else:
+            tg = np.asarray(truth_group).reshape(-1).astype(np.int64)
+            if m.truth_ids.size and m.truth_ids.max() >= tg.size:
+                raise ValueError(f"'truth_group' has {tg.size} entries but truth label {m.truth_ids.max()} is used")
+            group = tg[m.truth_ids]
         live = m.truth_area > 0
         t_match = np.zeros(m.truth_ids.size, bool)
         t_match[m.pairs[:, 1]] = True
@@ -131,14 +140,18 @@ class ResponseMetric:
         self.true_e.append(e_true[live])
         self.true_matched.append(t_match[live])
         self.true_reco.append(t_reco[live])
+        self.true_group.append(group[live])
         p_match = np.zeros(m.pred_ids.size, bool)
         p_match[m.pairs[:, 0]] = True
         keep = ~m.ignored
         self.pred_e.append(e_pred_all[keep])
         self.pred_matched.append(p_match[keep])
 
-    def compute(self, min_entries: int = 2) -> dict:
+    def compute(self, min_entries: int = 2, group=None) -> dict:
         """Binned summary (``[B]`` arrays) plus the resolution fit.
+
+        ``group``: keep only truth particles of this ``truth_group`` value (efficiency,
+        response, resolution); the fake rate always uses every predicted cluster.
 
         Keys: ``bins``, ``e_center``, ``n_true``, ``efficiency``, ``efficiency_err``, ``n_pred``,
         ``fake_rate``, ``fake_rate_err``, everything of :func:`binned_response`, and ``fit``
@@ -146,6 +159,9 @@ class ResponseMetric:
         """
         cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
         te, tm, tr = cat(self.true_e, float), cat(self.true_matched, bool), cat(self.true_reco, float)
+        if group is not None:
+            keep = cat(self.true_group, np.int64) == group
+            te, tm, tr = te[keep], tm[keep], tr[keep]
         pe, pm = cat(self.pred_e, float), cat(self.pred_matched, bool)
         edges = np.asarray(self.bins, np.float64)
         nb = edges.size - 1
