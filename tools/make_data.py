@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     sk.add_argument("--spacing", type=float, default=10.0, help="metres between consecutive scans")
     sk.add_argument("--force", action="store_true", help="overwrite a folder that is not a generated set")
     sk.set_defaults(func=_semantickitti)
+    from sparse3d.datasets.calo import add_subparser as add_calo
+    add_calo(sub)
     args = ap.parse_args(argv)
     args.func(args)
 
