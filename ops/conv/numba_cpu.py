@@ -61,3 +61,109 @@ def fused_conv(x: np.ndarray, w: np.ndarray, nbmap: np.ndarray, block: int = 32)
         macs = nbmap.shape[0] * nbmap.shape[1] * w.shape[1] * w.shape[2]
         (_fused if macs >= PARALLEL_MIN_MACS else _fused_serial)(x, w, nbmap, out, block)
     return out
+
+
+# ----------------------------------------------------------------------------- gather-GEMM-scatter helpers
+def _gather_py(x, idx, out):
+    C = x.shape[1]
+    for p in prange(idx.shape[0]):
+        i = idx[p]
+        if i < 0:
+            for c in range(C):
+                out[p, c] = 0
+        else:
+            for c in range(C):
+                out[p, c] = x[i, c]
+
+
+def _scatter_py(y, pos, out, accumulate):
+    M, K = pos.shape
+    C = y.shape[1]
+    for j in prange(M):
+        if not accumulate:
+            for o in range(C):
+                out[j, o] = 0
+        for k in range(K):
+            p = pos[j, k]
+            if p >= 0:
+                for o in range(C):
+                    out[j, o] += y[p, o]
+
+
+_gather = njit(cache=True, parallel=True, fastmath=True)(_gather_py)
+_scatter = njit(cache=True, parallel=True, fastmath=True)(_scatter_py)
+_gather_serial = njit(cache=True, fastmath=True)(_gather_py)
+_scatter_serial = njit(cache=True, fastmath=True)(_scatter_py)
+
+
+def gather_rows(x: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[p] = x[idx[p]]`` (zeros where ``idx[p] < 0``); x ``[N, C]``, idx ``[R]``, out ``[R, C]``."""
+    if idx.shape[0]:
+        (_gather if idx.shape[0] * x.shape[1] >= PARALLEL_MIN_MACS // 8 else _gather_serial)(x, idx, out)
+    return out
+
+
+def scatter_rows(y: np.ndarray, pos: np.ndarray, out: np.ndarray, accumulate: bool) -> np.ndarray:
+    """Output-stationary reduction ``out[j] (+)= sum_k y[pos[j, k]]`` over ``pos >= 0``.
+
+    y ``[R, C]``, pos ``[M, K]`` int64, out ``[M, C]``. Each row is summed by one
+    thread in offset order, so the result is deterministic and race-free.
+    """
+    if pos.shape[0]:
+        big = pos.shape[0] * y.shape[1] * 4 >= PARALLEL_MIN_MACS // 8
+        (_scatter if big else _scatter_serial)(y, pos, out, accumulate)
+    return out
+
+
+@njit(cache=True)
+def _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, n_in, n_out, K,
+               gin, gout, pos, posT):
+    for k in range(K):
+        g = group_of[k]
+        if g < 0:
+            continue
+        base = group_row0[g] + slot_of[k] * group_n[g]
+        s = starts[k]
+        for t in range(sizes[k]):
+            r = base + t
+            i = in_idx[s + t]
+            o = out_idx[s + t]
+            gin[r] = i
+            gout[r] = o
+            pos[o, k] = r
+            posT[i, k] = r
+
+
+def plan_rows(in_idx, out_idx, sizes, groups, n_in, n_out):
+    """Padded row layout of grouped pairs.
+
+    Group ``g`` with offsets ``ks`` and max size ``n`` occupies rows
+    ``[row0, row0 + len(ks) * n)``; offset ``ks[s]`` uses the slice ``s``.
+    Returns ``(gin [R], gout [R], pos [n_out, K], posT [n_in, K], row0 list)``:
+    gin/gout hold the input/output row of each padded row (-1 = padding);
+    pos/posT give the padded row of pair (output j, k) / (input i, k), -1 if none.
+    """
+    K = len(sizes)
+    sizes = np.asarray(sizes, np.int64)
+    starts = np.zeros(K, np.int64)
+    starts[1:] = np.cumsum(sizes)[:-1]
+    group_of = np.full(K, -1, np.int64)
+    slot_of = np.zeros(K, np.int64)
+    group_n = np.zeros(max(len(groups), 1), np.int64)
+    group_row0 = np.zeros(max(len(groups), 1), np.int64)
+    R = 0
+    for g, ks in enumerate(groups):
+        n = int(max(sizes[k] for k in ks))
+        group_n[g] = n
+        group_row0[g] = R
+        for s, k in enumerate(ks):
+            group_of[k] = g
+            slot_of[k] = s
+        R += n * len(ks)
+    gin = np.full(R, -1, np.int64)
+    gout = np.full(R, -1, np.int64)
+    pos = np.full((n_out, K), -1, np.int64)
+    posT = np.full((n_in, K), -1, np.int64)
+    _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, n_in, n_out, K,
+               gin, gout, pos, posT)
+    return gin, gout, pos, posT, group_row0[: len(groups)].tolist()
