@@ -10,7 +10,7 @@ from sparse3d import SparseTensor
 from sparse3d.nn.functional.kmap import build_kernel_map, get_kernel_map, get_transposed_kernel_map, output_coords
 from sparse3d.ops.kmap import kernel_offsets
 
-BACKENDS = ["numba", "hash", "torch"]
+BACKENDS = ["merge", "hash", "torch"]
 
 
 def brute_nbmap(in_coords, out_coords, offsets):
@@ -152,7 +152,7 @@ def test_cache_shared_between_layers():
 
 def test_real_scan_map(kitti_coords):
     off = kernel_offsets((3, 3, 3), (1, 1, 1), (1, 1, 1))
-    a = build_kernel_map(kitti_coords, kitti_coords, off, (1, 1, 1), True, "numba")
+    a = build_kernel_map(kitti_coords, kitti_coords, off, (1, 1, 1), True, "merge")
     b = build_kernel_map(kitti_coords, kitti_coords, off, (1, 1, 1), False, "hash")
     c = build_kernel_map(kitti_coords, kitti_coords, off, (1, 1, 1), True, "torch")
     assert torch.equal(a.nbmap, b.nbmap) and torch.equal(a.nbmap, c.nbmap)
