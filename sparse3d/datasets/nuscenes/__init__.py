@@ -6,7 +6,7 @@
 
 The loader (and ``nuscenes-devkit``, a heavy import) is imported on first use of its names.
 """
-from .cli import add_arguments, cli, run
+from .command import add_arguments, cli, run
 from .common import (ATTRIBUTES, CAMERAS, CATEGORIES, CLASS_COLORS, DETECTION_CLASSES, LIDAR, LOCATIONS,
                      MAP_CLASSES, TABLES)
 from .writer import CUSTOM_SPLITS, build_scene, scene_names, write_nuscenes_synth
