@@ -29,3 +29,9 @@ def set_deterministic(flag: bool = True) -> None:
 
 def is_deterministic() -> bool:
     return _DETERMINISTIC
+
+
+def omp_passive() -> bool:
+    """True if GNU OpenMP threads wait passively (set by importing sparse3d before torch)."""
+    import sparse3d
+    return bool(sparse3d._OMP_POLICY_SET)

@@ -49,6 +49,10 @@ def main(argv=None) -> None:
     sk.set_defaults(func=_semantickitti)
     from sparse3d.datasets.calo import add_subparser as add_calo
     add_calo(sub)
+    from sparse3d.datasets import nuscenes  # light import: the devkit loads lazily
+    nu = sub.add_parser("nuscenes", help="synthetic nuScenes (v1.0-mini tables the real devkit loads)")
+    nuscenes.add_arguments(nu)
+    nu.set_defaults(func=nuscenes.run)
     args = ap.parse_args(argv)
     args.func(args)
 
