@@ -15,6 +15,8 @@ from numba import njit, prange
 
 __all__ = ["SortedCoords", "merge_query", "pairs_from_nbmap"]
 
+_PAD = 64  # INT64_MAX sentinels after the sorted keys (>= the longest z-column of offsets)
+
 
 @njit(cache=True)
 def _quantize(coords, mins, strides, q):
@@ -50,24 +52,26 @@ class SortedCoords:
         q = np.empty((coords.shape[0], 4), np.int64)
         _quantize(coords, self.mins, self.strides, q)
         keys = np.empty(coords.shape[0], np.int64)
+        self.q = q
         if _keys(q, self.dims, keys):
             self.keys, self.perm = keys, np.arange(coords.shape[0], dtype=np.int64)
         else:
             self.perm = np.argsort(keys, kind="stable").astype(np.int64)
             self.keys = keys[self.perm]
         dup = np.flatnonzero(self.keys[1:] == self.keys[:-1])
+        self.keys_padded = np.concatenate([self.keys, np.full(_PAD, np.iinfo(np.int64).max, np.int64)])
         if dup.size:
             a, b = self.perm[dup[0]], self.perm[dup[0] + 1]
             raise ValueError(
                 f"duplicate coordinates: rows {int(min(a, b))} and {int(max(a, b))} are both "
                 f"{coords[a].tolist()}; deduplicate with sparse3d.sparse_quantize")
 
-    def query(self, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool) -> np.ndarray:
-        return merge_query(self, out_coords, offsets, symmetric)
+    def query(self, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool, same: bool = False) -> np.ndarray:
+        return merge_query(self, out_coords, offsets, symmetric, same)
 
 
 @njit(cache=True, parallel=True)
-def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap, chunk):
+def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, consec, K, symmetric, nbmap, chunk):
     """Walk the sorted input keys once per (chunk, xy-column of offsets).
 
     Offsets sharing (dx, dy) differ only in z, i.e. by small steps of the packed key:
@@ -75,7 +79,7 @@ def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap,
     the column is a short local walk.
     """
     M = qo.shape[0]
-    N = keys.shape[0]
+    N = keys.shape[0] - _PAD
     ncols = col_k.shape[0]
     nchunks = (M + chunk - 1) // chunk
     # one task = one chunk of outputs x all offsets: threads own disjoint rows (no false sharing)
@@ -113,6 +117,25 @@ def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap,
                         i += 1
                 if i >= N:
                     break
+                if consec[col]:
+                    # z offsets zlo..zlo+n-1 are consecutive: since keys are unique integers,
+                    # only keys[i : i+n] can match (keys carry INT64_MAX sentinels at the end)
+                    zlo = qoff[col_k[col, 0], 3]
+                    n = col_n[col]
+                    q0 = base + z + zlo
+                    for t in range(n):
+                        d = keys[i + t] - q0
+                        if d >= n:
+                            break
+                        if d >= 0:
+                            zz = z + zlo + d
+                            if zz < dims[3]:
+                                k = col_k[col, d]
+                                src = perm[i + t]
+                                nbmap[j, k] = src
+                                if symmetric:
+                                    nbmap[src, K - 1 - k] = j
+                    continue
                 i2 = i
                 for t in range(col_n[col]):
                     k = col_k[col, t]
@@ -152,12 +175,15 @@ def _columns(qoff: np.ndarray, probe: np.ndarray):
     return col_k[:ncol], col_n[:ncol]
 
 
-def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool) -> np.ndarray:
+def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool,
+                same: bool = False) -> np.ndarray:
     """``nbmap [M, K]`` int32 of input rows at ``out + offset`` (-1 if absent).
 
     ``out_coords`` must lie on the table's stride lattice shifted by multiples of it
     (true for submanifold, strided and transposed maps). With ``symmetric`` only the
-    first K//2 offsets are walked and each hit fills its mirror entry.
+    first K//2 offsets are walked and each hit fills its mirror entry. ``same`` says
+    ``out_coords`` are the table's own rows (submanifold): their quantization and sort
+    order are reused.
     """
     M, K = out_coords.shape[0], offsets.shape[0]
     nbmap = np.full((M, K), -1, dtype=np.int32)
@@ -169,19 +195,27 @@ def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray
         raise ValueError(f"kernel offsets {off.tolist()} are not multiples of the tensor stride {st.tolist()}")
     qoff = np.zeros((K, 4), np.int64)
     qoff[:, 1:] = off // st
-    rel = out_coords[:, 1:].astype(np.int64) - table.mins[1:]
-    if (rel % st).any():
-        raise ValueError("output coordinates are not on the input stride lattice")
-    qo = np.empty((M, 4), np.int64)
-    _quantize(out_coords, table.mins, st, qo)
-    keys = np.empty(M, np.int64)
-    if _keys(np.clip(qo, 0, None), table.dims, keys) and (qo >= 0).all():
-        order = np.arange(M, dtype=np.int64)
+    if same:
+        qo, order = table.q, table.perm
     else:
-        # lexicographic order of the outputs (translation-invariant)
-        order = np.lexsort((qo[:, 3], qo[:, 2], qo[:, 1], qo[:, 0])).astype(np.int64)
+        rel = out_coords[:, 1:].astype(np.int64) - table.mins[1:]
+        if (rel % st).any():
+            raise ValueError("output coordinates are not on the input stride lattice")
+        qo = np.empty((M, 4), np.int64)
+        _quantize(out_coords, table.mins, st, qo)
+        keys = np.empty(M, np.int64)
+        if _keys(np.clip(qo, 0, None), table.dims, keys) and (qo >= 0).all():
+            order = np.arange(M, dtype=np.int64)
+        else:
+            # lexicographic order of the outputs (translation-invariant)
+            order = np.lexsort((qo[:, 3], qo[:, 2], qo[:, 1], qo[:, 0])).astype(np.int64)
     col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
-    _merge(table.keys, table.perm, table.dims, qo, order, qoff, col_k, col_n, K, symmetric, nbmap, 1024)
+    if col_n.size and col_n.max() > _PAD:
+        raise ValueError(f"kernel has {int(col_n.max())} offsets along z; at most {_PAD} supported")
+    zs = [qoff[col_k[c, : col_n[c]], 3] for c in range(len(col_n))]
+    consec = np.array([bool(np.all(np.diff(z) == 1)) for z in zs], dtype=np.bool_)
+    _merge(table.keys_padded, table.perm, table.dims, qo, order, qoff, col_k, col_n, consec, K, symmetric,
+           nbmap, 1024)
     return nbmap
 
 

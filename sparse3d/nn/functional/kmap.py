@@ -171,7 +171,10 @@ def build_kernel_map(in_coords: torch.Tensor, out_coords: torch.Tensor, offsets:
         return KernelMap(nb, e, e, [0] * K, in_coords.shape[0], center, symmetric)
     if backend in ("merge", "hash"):
         table = _table(cache, in_coords, in_stride, backend)
-        nb = table.query(out_coords.numpy(), offsets.numpy(), symmetric)
+        if backend == "merge":
+            nb = table.query(out_coords.numpy(), offsets.numpy(), symmetric, same=out_coords is in_coords)
+        else:
+            nb = table.query(out_coords.numpy(), offsets.numpy(), symmetric)
         return KernelMap(torch.from_numpy(nb), None, None, None, in_coords.shape[0], center, symmetric)
     if backend != "torch":
         raise ValueError(f"unknown kernel-map backend {backend!r}: use 'merge', 'hash' or 'torch'")
