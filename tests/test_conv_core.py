@@ -221,3 +221,15 @@ def test_device_agnostic_torch_path(device, ks, s, monkeypatch):
     torch.testing.assert_close(y.feats.cpu(), ref.feats, rtol=1e-4, atol=1e-4)
     y.feats.sum().backward()
     assert xd.feats.grad.shape == xd.feats.shape
+
+
+def test_cpu_autocast_bf16_trains():
+    x = _input(n=300, c=8, dtype=torch.float32)
+    conv = Conv3d(8, 8, 3)
+    ref = conv(x).feats
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        assert y.feats.dtype == torch.bfloat16
+        y.feats.float().square().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+    torch.testing.assert_close(y.feats.float(), ref, rtol=0.05, atol=0.05)

@@ -311,6 +311,13 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, km: KernelMap,
         raise ValueError(f"feats have {feats.shape[1]} channels but weight expects Cin={weight.shape[1]}")
     if feats.shape[0] != km.n_in:
         raise ValueError(f"feats have {feats.shape[0]} rows but the kernel map expects {km.n_in}")
+    dev = feats.device.type
+    if torch.is_autocast_enabled(dev):
+        # autocast: run the conv in the autocast dtype (as torch does for mm/conv) with
+        # autocast off inside, so gathers, GEMMs and scatters all see one dtype
+        dtype = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            return sparse_conv(feats.to(dtype), weight.to(dtype), km, dataflow)
     if weight.dtype != feats.dtype:
         weight = weight.to(feats.dtype)
     feats = feats.contiguous()
