@@ -35,3 +35,12 @@ def test_ops_maps_to_top_level_folder():
     import sparse3d.ops.kmap as kmap
     assert Path(kmap.__file__).resolve().parent == REPO / "ops" / "kmap"
     assert not (REPO / "sparse3d" / "ops").exists()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    cmds = [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert len(cmds) == 2, cmds
+    assert "pytest" in cmds[1] and "setup.sh" in cmds[0]
+    assert cmds[1] in (REPO / ".ci" / "run").read_text()
