@@ -136,17 +136,7 @@ def to_spconv(x: SparseTensor, spatial_shape: Optional[Sequence[int]] = None, *,
 
 def _triple_any(value: Sequence[int], name: str) -> Tuple[int, int, int]:
     """Like :func:`triple` but allows zero and negative entries (origins)."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, int):
-        return (value, value, value)
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a sequence of 3 ints, got {value!r}") from None
-    if len(out) != 3:
-        raise ValueError(f"{name} must have 3 entries (x, y, z), got {value!r}")
-    return out
+    return triple(value, name, positive=False)
 
 
 def from_spconv(t, stride: IntOr3 = 1, *, origin: Optional[Sequence[int]] = None,

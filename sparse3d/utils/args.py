@@ -10,8 +10,11 @@ __all__ = ["triple", "IntOr3"]
 IntOr3 = Union[int, Sequence[int]]
 
 
-def triple(value: IntOr3, name: str = "value") -> Tuple[int, int, int]:
-    """``3 -> (3, 3, 3)``; ``(1, 1, 3)`` is kept. Raises on anything else."""
+def triple(value: IntOr3, name: str = "value", positive: bool = True) -> Tuple[int, int, int]:
+    """``3 -> (3, 3, 3)``; ``(1, 1, 3)`` is kept. Raises on anything else.
+
+    With ``positive`` (sizes, strides) entries must be >= 1; without, any int (origins).
+    """
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, int) and not isinstance(value, bool):
@@ -23,6 +26,6 @@ def triple(value: IntOr3, name: str = "value") -> Tuple[int, int, int]:
             raise TypeError(f"{name} must be an int or a sequence of 3 ints, got {value!r}") from None
         if len(out) != 3:
             raise ValueError(f"{name} must have 3 entries (x, y, z), got {value!r}")
-    if any(v < 1 for v in out):
+    if positive and any(v < 1 for v in out):
         raise ValueError(f"{name} entries must be >= 1, got {value!r}")
     return out
