@@ -106,7 +106,7 @@ def gather_rows(x: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
 def scatter_rows(y: np.ndarray, pos: np.ndarray, out: np.ndarray, accumulate: bool) -> np.ndarray:
     """Output-stationary reduction ``out[j] (+)= sum_k y[pos[j, k]]`` over ``pos >= 0``.
 
-    y ``[R, C]``, pos ``[M, K]`` int64, out ``[M, C]``. Each row is summed by one
+    y ``[R, C]``, pos ``[M, K]`` int32/int64, out ``[M, C]``. Each row is summed by one
     thread in offset order, so the result is deterministic and race-free.
     """
     if pos.shape[0]:
@@ -115,10 +115,19 @@ def scatter_rows(y: np.ndarray, pos: np.ndarray, out: np.ndarray, accumulate: bo
     return out
 
 
-@njit(cache=True)
-def _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, n_in, n_out, K,
-               gin, gout, pos, posT):
-    for k in range(K):
+@njit(cache=True, parallel=True)
+def _fill(a, v):
+    flat = a.reshape(-1)
+    n = flat.shape[0]
+    step = 1 << 16
+    for b in prange((n + step - 1) // step):
+        for t in range(b * step, min(n, b * step + step)):
+            flat[t] = v
+
+
+@njit(cache=True, parallel=True)
+def _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, K, gin, gout, pos, posT):
+    for k in prange(K):
         g = group_of[k]
         if g < 0:
             continue
@@ -141,7 +150,7 @@ def plan_rows(in_idx, out_idx, sizes, groups, n_in, n_out):
     ``[row0, row0 + len(ks) * n)``; offset ``ks[s]`` uses the slice ``s``.
     Returns ``(gin [R], gout [R], pos [n_out, K], posT [n_in, K], row0 list)``:
     gin/gout hold the input/output row of each padded row (-1 = padding);
-    pos/posT give the padded row of pair (output j, k) / (input i, k), -1 if none.
+    pos/posT (int32) give the padded row of pair (output j, k) / (input i, k), -1 if none.
     """
     K = len(sizes)
     sizes = np.asarray(sizes, np.int64)
@@ -160,10 +169,14 @@ def plan_rows(in_idx, out_idx, sizes, groups, n_in, n_out):
             group_of[k] = g
             slot_of[k] = s
         R += n * len(ks)
-    gin = np.full(R, -1, np.int64)
-    gout = np.full(R, -1, np.int64)
-    pos = np.full((n_out, K), -1, np.int64)
-    posT = np.full((n_in, K), -1, np.int64)
-    _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, n_in, n_out, K,
-               gin, gout, pos, posT)
+    if R >= 2**31:
+        raise ValueError(f"kernel map too large: {R} gathered rows exceed int32 indexing")
+    gin = np.empty(R, np.int64)
+    gout = np.empty(R, np.int64)
+    pos = np.empty((n_out, K), np.int32)
+    posT = np.empty((n_in, K), np.int32)
+    for a in (gin, gout, pos, posT):
+        if a.size:
+            _fill(a, -1)
+    _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, K, gin, gout, pos, posT)
     return gin, gout, pos, posT, group_row0[: len(groups)].tolist()
