@@ -3,3 +3,6 @@ from .blocks import BasicConvolutionBlock, BasicDeconvolutionBlock, ResidualBloc
 from .minkunet import MinkUNet
 
 __all__ = ["MinkUNet", "BasicConvolutionBlock", "BasicDeconvolutionBlock", "ResidualBlock", "sparse_cat"]
+from .spvcnn import SPVCNN  # noqa: E402
+
+__all__ += ["SPVCNN"]
