@@ -1,0 +1,167 @@
+r"""SemanticKITTI train/val DataLoaders from one config (the synthetic set is generated on first use).
+
+``SemanticKITTIDataModule`` is what ``configs/dataset/*.yaml`` instantiate; ``tools/train.py`` and
+``tools/eval.py`` call :meth:`~SemanticKITTIDataModule.train_dataloader` /
+:meth:`~SemanticKITTIDataModule.val_dataloader`. Construction touches no files.
+
+Sampling: training uses a ``DistributedSampler`` (also with one process, so the shuffle order
+depends only on ``seed`` and the epoch); under DDP it pads the last round by repeating scans so
+every rank takes the same number of steps (nothing is dropped). Validation shards scans
+``rank::world_size`` without padding, so every scan is scored exactly once.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ..engine import distributed as D
+from ..engine.seed import seed_worker
+from ..utils.collate import sparse_collate_fn
+from .semantic_kitti import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI
+from .synthetic_lidar import ensure_synthetic_kitti
+from .transforms import Compose, RandomFlip, RandomJitter, RandomRotateZ, RandomScale, Voxelize
+
+__all__ = ["SemanticKITTIDataModule", "ShardSampler"]
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of ``range(n)``, in order, without padding."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class SemanticKITTIDataModule:
+    r"""Datasets and loaders for SemanticKITTI-format data.
+
+    Args:
+        root: folder containing ``sequences/``.
+        synthetic: keyword arguments of :func:`ensure_synthetic_kitti` (``seed``, ``n_train``,
+            ``n_val``, ``azimuth_steps``, ``spacing``); the set is generated under ``root`` when
+            missing. None: ``root`` is real data and must exist.
+        train_sequences / val_sequences: explicit sequence numbers; default: the official split,
+            restricted for a synthetic set to the sequences it contains.
+        voxel_size: metres. max_voxels: random voxel subset per training scan (None: all).
+        batch_size / val_batch_size: scans per batch and rank.
+        num_workers: DataLoader workers (seeded through ``seed_worker``).
+        rotate: random z rotation; scale: ``(low, high)`` or None; flip: random x/y mirroring;
+            jitter: Gaussian xyz noise sigma in metres (0: off).
+        seed: shuffle seed (the per-epoch order is ``seed + epoch``).
+        num_classes / ignore_index / class_names: label space (SemanticKITTI's by default).
+        miou_convention: how mIoU is reported for this data: ``"semantickitti"`` (absent classes
+            count 0) or ``"nuscenes"`` (classes absent from targets and predictions skipped).
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], synthetic: Optional[Dict[str, Any]] = None,
+                 train_sequences: Optional[Sequence[int]] = None, val_sequences: Optional[Sequence[int]] = None,
+                 voxel_size: float = 0.05, max_voxels: Optional[int] = 80000, batch_size: int = 2,
+                 val_batch_size: int = 1, num_workers: int = 0, rotate: bool = True,
+                 scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False, jitter: float = 0.0,
+                 seed: int = 0, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
+                 class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti") -> None:
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size!r}")
+        for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        if scale is not None and len(scale) != 2:
+            raise ValueError(f"scale must be (low, high) or None, got {scale!r}")
+        self.root = Path(root)
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.train_sequences = list(train_sequences) if train_sequences is not None else None
+        self.val_sequences = list(val_sequences) if val_sequences is not None else None
+        self.voxel_size, self.max_voxels = float(voxel_size), max_voxels
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.rotate, self.scale, self.flip, self.jitter = rotate, scale, flip, float(jitter)
+        self.seed = int(seed)
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.class_names = list(class_names) if class_names is not None else list(CLASS_NAMES[:num_classes])
+        if miou_convention not in ("semantickitti", "nuscenes"):
+            raise ValueError(f"miou_convention must be 'semantickitti' or 'nuscenes', got {miou_convention!r}")
+        self.miou_convention = miou_convention
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
+
+    # ------------------------------------------------------------------ data
+    def prepare_data(self) -> Path:
+        """Generate the synthetic set if configured and missing; check that ``root`` exists."""
+        if self.synthetic is not None:
+            ensure_synthetic_kitti(self.root, **self.synthetic)
+        if not (self.root / "sequences").is_dir():
+            raise FileNotFoundError(f"no sequences/ folder under dataset root {self.root}")
+        return self.root
+
+    def _sequences(self, split: str) -> List[int]:
+        explicit = self.train_sequences if split == "train" else self.val_sequences
+        if explicit is not None:
+            return [int(s) for s in explicit]
+        meta = self.root / "synth_meta.json"
+        if self.synthetic is not None and meta.exists():
+            have = {int(s) for s in json.loads(meta.read_text())["sequences"]}
+            seqs = [s for s in SPLITS[split] if s in have]
+            if not seqs:
+                raise ValueError(f"synthetic set {self.root} has no {split} sequences (it has {sorted(have)})")
+            return seqs
+        return list(SPLITS[split])
+
+    def train_transform(self) -> Compose:
+        ts: list = []
+        if self.rotate:
+            ts.append(RandomRotateZ())
+        if self.scale is not None:
+            ts.append(RandomScale(float(self.scale[0]), float(self.scale[1])))
+        if self.flip:
+            ts.append(RandomFlip())
+        if self.jitter > 0:
+            ts.append(RandomJitter(self.jitter))
+        ts.append(Voxelize(self.voxel_size, self.max_voxels))
+        return Compose(ts)
+
+    def val_transform(self) -> Compose:
+        return Compose([Voxelize(self.voxel_size)])
+
+    def train_dataset(self) -> SemanticKITTI:
+        self.prepare_data()
+        return SemanticKITTI(self.root, sequences=self._sequences("train"), transform=self.train_transform())
+
+    def val_dataset(self) -> SemanticKITTI:
+        self.prepare_data()
+        return SemanticKITTI(self.root, sequences=self._sequences("val"), transform=self.val_transform())
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, ds, batch_size: int, sampler: Sampler) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=sparse_collate_fn, worker_init_fn=seed_worker,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self, distributed: Optional[bool] = None) -> DataLoader:
+        """Shuffled training loader; call ``loader.sampler.set_epoch(epoch)`` each epoch."""
+        if distributed is None:
+            distributed = D.is_distributed()
+        ds = self.train_dataset()
+        world, rank = (D.get_world_size(), D.get_rank()) if distributed else (1, 0)
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
+        return self._loader(ds, self.batch_size, sampler)
+
+    def val_dataloader(self, distributed: Optional[bool] = None) -> DataLoader:
+        """Validation loader in scan order, sharded over ranks without padding."""
+        if distributed is None:
+            distributed = D.is_distributed()
+        ds = self.val_dataset()
+        world, rank = (D.get_world_size(), D.get_rank()) if distributed else (1, 0)
+        return self._loader(ds, self.val_batch_size, ShardSampler(len(ds), rank, world))
