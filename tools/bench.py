@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+import sparse3d  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp)
 import torch
 
 __all__ = ["main", "synthetic_scan", "voxelize", "all_case_names", "ME_REFERENCE_S"]
