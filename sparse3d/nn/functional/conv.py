@@ -61,6 +61,19 @@ def _numba_ok(x: torch.Tensor) -> bool:
     return HAS_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _numba_gather_ok(x: torch.Tensor) -> bool:
+    """The numba gather/scatter also serve 16-bit floats (moved as int16 bits, summed in fp32)."""
+    return HAS_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *_HALF)
+
+
+def _bits(t: torch.Tensor):
+    """numpy view for numba: 16-bit floats as their int16 bit patterns (numba has no bf16)."""
+    return t.view(torch.int16).numpy() if t.dtype in _HALF else t.numpy()
+
+
 def choose_dataflow(km: KernelMap, cin: int, cout: int, x: torch.Tensor) -> str:
     """Pick a dataflow for one layer (see module docstring)."""
     if not _numba_ok(x):
@@ -200,10 +213,16 @@ def _numba_ggs_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch
     _sync_threads()
     R = gin.shape[0]
     G = _workspace("gather", R, x.shape[1], x.dtype)
-    gather_rows(x.numpy(), gin, G.numpy())
+    gather_rows(_bits(x), gin, _bits(G))
     Y = _workspace("product", R, w.shape[2], x.dtype)
     _grouped_mm(G, w, groups, ns, row0, Y)
     center = km.center >= 0 and km.sizes[km.center] == km.n_out == km.n_in
+    if x.dtype in _HALF:  # sum the offsets in fp32, round once
+        Yf = _workspace("product_f32", R, w.shape[2], torch.float32)
+        Yf.copy_(Y)
+        out = (x @ w[km.center]).float() if center else torch.empty((km.n_out, w.shape[2]))
+        scatter_rows(Yf.numpy(), pos, out.numpy(), center)
+        return out.to(x.dtype)
     out = x @ w[km.center] if center else torch.empty((km.n_out, w.shape[2]), dtype=x.dtype)
     scatter_rows(Y.numpy(), pos, out.numpy(), center)
     return out
@@ -219,8 +238,8 @@ def _numba_weight_grad(x: torch.Tensor, g: torch.Tensor, km: KernelMap) -> torch
     R = gin.shape[0]
     Gi = _workspace("gather", R, x.shape[1], x.dtype)
     Go = _workspace("product", R, g.shape[1], x.dtype)
-    gather_rows(x.numpy(), gin, Gi.numpy())
-    gather_rows(g.numpy(), gout, Go.numpy())
+    gather_rows(_bits(x), gin, _bits(Gi))
+    gather_rows(_bits(g), gout, _bits(Go))
     for ks, n, r0 in zip(groups, ns, row0):
         m = len(ks)
         dw[ks] = torch.bmm(Gi[r0:r0 + m * n].view(m, n, -1).transpose(1, 2), Go[r0:r0 + m * n].view(m, n, -1))
@@ -247,7 +266,7 @@ def _forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap, dataflow: str) -> 
     if dataflow == "fused":
         return _fused_forward(x, w, km)
     if dataflow == "gather_gemm_scatter":
-        if _numba_ok(x) and w.dtype == x.dtype:
+        if _numba_gather_ok(x) and w.dtype == x.dtype:
             return _numba_ggs_forward(x, w.contiguous(), km)
         return _ggs_forward(x, w, km)
     if dataflow == "reference":
@@ -256,7 +275,7 @@ def _forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap, dataflow: str) -> 
 
 
 def _weight_grad(x: torch.Tensor, g: torch.Tensor, km: KernelMap) -> torch.Tensor:
-    if _numba_ok(x) and km.num_pairs:
+    if _numba_gather_ok(x) and g.dtype == x.dtype and km.num_pairs:
         return _numba_weight_grad(x.contiguous(), g.contiguous(), km)
     K = km.kernel_volume
     dw = x.new_zeros((K, x.shape[1], g.shape[1]))
