@@ -425,6 +425,10 @@ def print_table(results: List[dict], meta: dict, file=sys.stdout) -> None:
     pk = meta["peak_gflops"]
     print(f"# torch.mm {meta['gemm_n']}^3 peak: fp32 {pk['fp32_nt']:.0f} GFLOP/s @{nt}t, {pk['fp32_1t']:.0f} @1t; "
           f"bf16 {pk['bf16_nt']:.0f} @{nt}t", file=file)
+    la = meta.get("loadavg_1min") or {}
+    if la.get("start") is not None:
+        print(f"# 1-min load average at start / end: {la['start']:.1f} / {la['end']:.1f} on {meta['cpus']} cpus "
+              "(above the cpu count the timings are contended; quote ratios, not absolute times)", file=file)
     for name, info in meta["inputs"].items():
         print(f"# input {name}: {info['voxels']} voxels from {info['points']} points ({info['source']})", file=file)
     print(f"# ratio = sparse3d / spconv (< 1: sparse3d faster); roof = (2*MACs/time)/peak; "
@@ -498,6 +502,7 @@ def main(argv=None) -> dict:
         print("\n".join(all_case_names(args.bf16)))
         return {}
     cases = select_cases(args.cases, args.bf16)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads)
     spconv_mod = twin_mod = None
     if args.spconv:
@@ -564,6 +569,7 @@ def main(argv=None) -> dict:
             print(f"  {name:26s} {inp_name:9s} s3d {_fmt_t(row['sparse3d_s'])}  spc1 {_fmt_t(row['spconv_1t_s'])}"
                   f"  spcN {_fmt_t(row['spconv_nt_s'])}", flush=True)
             del case
+    meta["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     print()
     print_table(results, meta)
     out = {"meta": meta, "results": results}
