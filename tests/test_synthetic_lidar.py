@@ -168,7 +168,14 @@ def test_ground_hits_lie_on_the_height_field():
     assert (gap <= 1e-9).all()
     q = pose[:3, 3] + (t[hit, None] - 0.03) * d[hit]
     assert (q[:, 2] > lay.height(q[:, 0], q[:, 1])).mean() > 0.995
-    assert (np.abs(gap) < 0.02).mean() > 0.97
+    assert (np.abs(gap) < 0.02).mean() > 0.9
+    # the others lie on a vertical step (curb faces of sidewalks and medians): between the ground
+    # heights 4 cm to either side
+    off = np.abs(gap) >= 0.02
+    nb = np.stack([lay.height(p[off, 0] + dx, p[off, 1] + dy)
+                   for dx, dy in ((0.04, 0), (-0.04, 0), (0, 0.04), (0, -0.04))], 1)
+    on_step = (nb.min(1) <= p[off, 2] + 0.02) & (p[off, 2] <= nb.max(1) + 0.02)
+    assert (np.abs(gap) < 0.02).mean() + on_step.sum() / len(gap) > 0.99
     np.testing.assert_array_equal(cls[hit], lay.classify(p[:, 0], p[:, 1])[0])
     assert (cls[~hit] == 0).all()
 

@@ -1,8 +1,10 @@
 r"""Synthetic SemanticKITTI: procedural urban streets scanned by a simulated HDL-64E.
 
-Every sequence is one procedural street scene (road, parking, sidewalk, terrain, buildings,
-fences, trees = vegetation + trunk, poles, traffic signs, cars, trucks, bicycles, persons); the
-ego vehicle drives along its main street and takes one scan every ``spacing`` metres. Output is
+Every sequence is one procedural street scene with all 19 SemanticKITTI evaluation classes (road,
+parking, sidewalk, other-ground medians, terrain, buildings, fences, trees = vegetation + trunk,
+poles, traffic signs, cars, trucks, other vehicles (buses, trailers, caravans), parked bicycles and
+motorcycles, persons, bicyclists and motorcyclists); the ego vehicle drives along its main street
+and takes one scan every ``spacing`` metres. Output is
 the exact SemanticKITTI format (``velodyne/*.bin``, ``labels/*.label`` with raw ids in the lower
 16 bits and instance ids in the upper 16, ``calib.txt``, ``poses.txt``), readable by
 :class:`sparse3d.datasets.SemanticKITTI`. Everything is drawn from ``numpy`` generators seeded by
@@ -36,7 +38,9 @@ from .synth.writer import write_calib, write_poses, write_scan
 __all__ = ["SYNTH_RAW_IDS", "GENERATOR_VERSION", "HDL64E", "generate_sequence",
            "generate_synthetic_kitti", "ensure_synthetic_kitti"]
 
-GENERATOR_VERSION = 1
+#: Bumped whenever the generated content changes, so ``ensure_synthetic_kitti`` regenerates stale sets
+#: (2: all 19 classes: medians, motorcycles, other vehicles, bicyclists, motorcyclists).
+GENERATOR_VERSION = 2
 _META = "synth_meta.json"
 
 

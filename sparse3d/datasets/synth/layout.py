@@ -1,11 +1,13 @@
 """Street layout and the ground height field of a synthetic scene.
 
 The world has a main street along x (centre line y = 0) and cross streets along y. Across a
-street (lateral coordinate ``v``) the bands are road | parking | verge (terrain) | sidewalk |
-lot (terrain). Ground height = ``grade`` plane + a band offset: road 0, parking 4 cm, sidewalk
-the curb height (~15 cm), terrain a rough bumpy surface in [0, 0.35] m. Where streets overlap,
-road wins over parking over sidewalk over verge/lot. The per-point work runs in the numba
-kernels of ``raycast.py``.
+street (lateral coordinate ``v``) the bands are median | road (lanes, then an optional bike lane)
+| parking | verge (terrain) | sidewalk | lot (terrain). The median (other-ground) is a raised
+paved strip on the centre line, interrupted by periodic gaps (turning openings) where the road
+runs through. Ground height = ``grade`` plane + a band offset: road 0, parking 4 cm, sidewalk and
+median the curb height (~15 cm), terrain a rough bumpy surface in [0, 0.35] m. Where streets
+overlap, road wins over median over parking over sidewalk over verge/lot. The per-point work
+runs in the numba kernels of ``raycast.py``.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .common import PARKING, ROAD, SIDEWALK, TERRAIN
+from .common import OTHER_GROUND, PARKING, ROAD, SIDEWALK, TERRAIN
 from .raycast import ground_classify, ground_intersect
 
 __all__ = ["Street", "Layout", "H_MAX"]
 
 H_MAX = 0.35  # upper bound of the ground offset above the grade plane
-_PRIO_CLASS = np.array([TERRAIN, TERRAIN, SIDEWALK, PARKING, ROAD], np.uint16)
+_PRIO_CLASS = np.array([TERRAIN, TERRAIN, SIDEWALK, PARKING, OTHER_GROUND, ROAD], np.uint16)
 
 
 @dataclass
@@ -29,7 +31,9 @@ class Street:
 
     The street frame ``(u, v)`` is right-handed: u along the street, v across it; an object with
     yaw ``self.yaw()`` has its local x along u and local y along v. Widths are per side (index 0:
-    v < 0, 1: v > 0), except ``half_road``.
+    v < 0, 1: v > 0), except ``half_road`` (half the width of the driving lanes) and ``median``
+    (half width of the central median, 0 = none). The median is present where
+    ``(u - median_phase) mod median_period < median_duty * median_period``.
     """
 
     axis: int
@@ -41,6 +45,27 @@ class Street:
     sidewalk: Tuple[float, float]
     curb: float
     u_range: Tuple[float, float]
+    median: float = 0.0
+    median_period: float = 1.0
+    median_duty: float = 0.0
+    median_phase: float = 0.0
+    bike: Tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def lanes(self) -> int:
+        return int(round(2 * self.half_road / self.lane_w))
+
+    def lane_v(self, k: int) -> float:
+        """Centre ``v`` of driving lane ``k`` (0 .. lanes-1, from the v < 0 side)."""
+        c = (k + 0.5 - self.lanes / 2) * self.lane_w
+        return c + np.sign(c) * self.median
+
+    def median_at(self, u) -> np.ndarray:
+        """Whether the median is present at ``u`` (bool, shape of ``u``)."""
+        u = np.asarray(u, np.float64)
+        if self.median <= 0:
+            return np.zeros(u.shape, bool)
+        return np.mod(u - self.median_phase, self.median_period) < self.median_duty * self.median_period
 
     def local(self, x, y):
         """World xy -> (u along, v across)."""
@@ -51,8 +76,9 @@ class Street:
         return (u, v + self.offset) if self.axis == 0 else (self.offset - v, u)
 
     def edges(self, side: int) -> Tuple[float, float, float, float]:
-        """|v| of the outer edges of road, parking, verge and sidewalk on ``side`` (0 or 1)."""
-        e0 = self.half_road
+        """|v| of the outer edges of road (incl. median and bike lane), parking, verge and sidewalk
+        on ``side`` (0 or 1)."""
+        e0 = self.median + self.half_road + self.bike[side]
         e1 = e0 + self.parking[side]
         e2 = e1 + self.verge[side]
         return e0, e1, e2, e2 + self.sidewalk[side]
@@ -79,6 +105,8 @@ class Layout:
             np.array([s.u_range for s in streets], np.float64).reshape(-1, 2),
             np.array([[s.edges(0), s.edges(1)] for s in streets], np.float64).reshape(-1, 2, 4),
             np.array([s.curb for s in streets], np.float64),
+            np.array([[s.median, s.median_period, s.median_duty, s.median_phase] for s in streets],
+                     np.float64).reshape(-1, 4),
             np.asarray(rough, dtype=np.float64),
         )
 

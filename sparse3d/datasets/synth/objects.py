@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (BICYCLE, BUILDING, CAR, FENCE, PERSON, POLE, TRAFFIC_SIGN, TRUCK, TRUNK,
-                     VEGETATION, rot_x, rot_y, rot_z)
+from .common import (BICYCLE, BICYCLIST, BUILDING, CAR, FENCE, MOTORCYCLE, MOTORCYCLIST, OTHER_VEHICLE,
+                     PERSON, POLE, TRAFFIC_SIGN, TRUCK, TRUNK, VEGETATION, rot_x, rot_y, rot_z)
 from .primitives import BOX, CYLINDER, ELLIPSOID, PrimitiveList
 
-__all__ = ["add_car", "add_truck", "add_bicycle", "add_person", "add_tree", "add_bush",
-           "add_streetlight", "add_sign", "add_building", "add_fence"]
+__all__ = ["add_car", "add_truck", "add_bicycle", "add_motorcycle", "add_other_vehicle", "add_rider",
+           "add_person", "add_tree", "add_bush", "add_streetlight", "add_sign", "add_building", "add_fence",
+           "OTHER_VEHICLE_KINDS"]
+
+#: Kinds of other-vehicle: (name, total length range in metres).
+OTHER_VEHICLE_KINDS = (("bus", (10.5, 13.5)), ("trailer", (3.0, 7.0)), ("caravan", (5.0, 7.5)))
 
 
 def _place(x, y, z, yaw, local):
@@ -26,6 +30,27 @@ def _place(x, y, z, yaw, local):
 def _wheel_rot(yaw):
     """Cylinder axis along the object's local y (a wheel / disc facing sideways)."""
     return rot_z(yaw) @ rot_x(np.pi / 2)
+
+
+def _limb(p: PrimitiveList, a, b, r, label, alb, inst) -> None:
+    """A cylinder of radius ``r`` from world point ``a`` to ``b``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = b - a
+    n = float(np.linalg.norm(d))
+    z = d / max(n, 1e-9)
+    t = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(t, z)
+    x /= np.linalg.norm(x)
+    p.add(CYLINDER, (a + b) / 2, (r, r, n / 2), label, alb, rot=np.stack([x, np.cross(z, x), z], 1), instance=inst)
+
+
+def _knee(hip, foot, leg, forward):
+    """Knee of a two-segment leg of total length ``leg`` from ``hip`` to ``foot``, bent towards ``forward``."""
+    d = foot - hip
+    n = float(np.linalg.norm(d))
+    f = forward - d * (forward @ d) / max(n * n, 1e-9)
+    f /= max(np.linalg.norm(f), 1e-9)
+    return (hip + foot) / 2 + f * np.sqrt(max((leg / 2) ** 2 - (n / 2) ** 2, 0.0))
 
 
 def add_car(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:
@@ -84,25 +109,180 @@ def add_truck(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:
     return 0.5 * np.hypot(L, W)
 
 
-def add_bicycle(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:
+def add_bicycle(p: PrimitiveList, rng, x, y, z, yaw, inst, label: int = BICYCLE) -> float:
+    r, wb = _bicycle(p, rng, x, y, z, yaw, inst, label)
+    return 0.5 * wb + r
+
+
+def _bicycle(p: PrimitiveList, rng, x, y, z, yaw, inst, label):
+    """Bicycle frame; returns wheel radius and wheelbase."""
     r = rng.uniform(0.31, 0.36)
     wb = rng.uniform(0.98, 1.1)
     alb = rng.uniform(0.1, 0.55)
     for sx in (0.5, -0.5):
-        p.add(CYLINDER, _place(x, y, z, yaw, (sx * wb, 0, r)), (r, r, 0.025), BICYCLE, alb,
+        p.add(CYLINDER, _place(x, y, z, yaw, (sx * wb, 0, r)), (r, r, 0.025), label, alb,
               rot=_wheel_rot(yaw), instance=inst, pass_prob=0.55)
     tube = (0.025, 0.025)
     # top tube, down tube, seat post, handlebar, saddle, fork
-    p.add(BOX, _place(x, y, z, yaw, (0.0, 0, r + 0.42)), (0.3, *tube), BICYCLE, alb, yaw=yaw, instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (0.12, 0, r + 0.18)), (0.34, *tube), BICYCLE, alb,
+    p.add(BOX, _place(x, y, z, yaw, (0.0, 0, r + 0.42)), (0.3, *tube), label, alb, yaw=yaw, instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (0.12, 0, r + 0.18)), (0.34, *tube), label, alb,
           rot=rot_z(yaw) @ rot_y(0.9), instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (-0.22, 0, r + 0.3)), (0.03, 0.03, 0.33), BICYCLE, alb, yaw=yaw, instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (wb * 0.5 - 0.08, 0, r + 0.62)), (0.03, 0.3, 0.025), BICYCLE, alb,
+    p.add(BOX, _place(x, y, z, yaw, (-0.22, 0, r + 0.3)), (0.03, 0.03, 0.33), label, alb, yaw=yaw, instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (wb * 0.5 - 0.08, 0, r + 0.62)), (0.03, 0.3, 0.025), label, alb,
           yaw=yaw, instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (-0.25, 0, r + 0.66)), (0.13, 0.07, 0.03), BICYCLE, 0.08, yaw=yaw, instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (wb * 0.5 - 0.04, 0, r + 0.3)), (0.025, 0.03, 0.31), BICYCLE, alb,
+    p.add(BOX, _place(x, y, z, yaw, (-0.25, 0, r + 0.66)), (0.13, 0.07, 0.03), label, 0.08, yaw=yaw, instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (wb * 0.5 - 0.04, 0, r + 0.3)), (0.025, 0.03, 0.31), label, alb,
           yaw=yaw, instance=inst)
-    return 0.5 * wb + r
+    return r, wb
+
+
+def add_motorcycle(p: PrimitiveList, rng, x, y, z, yaw, inst, label: int = MOTORCYCLE) -> float:
+    """A parked motorcycle or scooter (lower and narrower than a car, two fat wheels)."""
+    return _motorcycle(p, rng, x, y, z, yaw, inst, label)[0]
+
+
+def _motorcycle(p: PrimitiveList, rng, x, y, z, yaw, inst, label):
+    """Motorcycle / scooter; returns (footprint radius, seat, grips x/z, footpeg x/z) in the local frame."""
+    scooter = rng.random() < 0.35
+    r = rng.uniform(0.2, 0.25) if scooter else rng.uniform(0.29, 0.34)
+    tw = rng.uniform(0.045, 0.06) if scooter else rng.uniform(0.06, 0.09)
+    wb = rng.uniform(1.2, 1.35) if scooter else rng.uniform(1.3, 1.55)
+    paint = rng.uniform(0.08, 0.8)
+    dark = rng.uniform(0.03, 0.15)
+    for sx in (0.5, -0.5):
+        p.add(CYLINDER, _place(x, y, z, yaw, (sx * wb, 0, r)), (r, r, tw), label, dark, rot=_wheel_rot(yaw),
+              instance=inst)
+    h = wb / 2
+    seat_z = rng.uniform(0.72, 0.82)
+    if scooter:  # floorboard, rear body shell, front shield
+        p.add(BOX, _place(x, y, z, yaw, (0.0, 0, 0.3)), (0.3, 0.17, 0.05), label, dark, yaw=yaw, instance=inst)
+        p.add(ELLIPSOID, _place(x, y, z, yaw, (-h + 0.35, 0, seat_z - 0.22)), (0.42, 0.2, 0.22), label, paint,
+              yaw=yaw, instance=inst)
+        p.add(BOX, _place(x, y, z, yaw, (h - 0.28, 0, 0.62)), (0.06, 0.2, 0.32), label, paint,
+              rot=rot_z(yaw) @ rot_y(-0.3), instance=inst)
+        seat_x = -h + 0.4
+    else:  # engine, tank, fork, exhaust, tail
+        p.add(BOX, _place(x, y, z, yaw, (0.0, 0, r + 0.08)), (0.27, 0.17, 0.2), label, dark * 2, yaw=yaw,
+              instance=inst)
+        p.add(ELLIPSOID, _place(x, y, z, yaw, (0.12, 0, seat_z + 0.03)), (0.26, 0.16, 0.12), label, paint,
+              yaw=yaw, instance=inst)
+        p.add(BOX, _place(x, y, z, yaw, (h - 0.15, 0, r + 0.33)), (0.03, 0.1, 0.34), label, 0.3,
+              rot=rot_z(yaw) @ rot_y(-0.45), instance=inst)
+        p.add(CYLINDER, _place(x, y, z, yaw, (-0.3, -0.19, r - 0.02)), (0.05, 0.05, 0.36), label, 0.35,
+              rot=rot_z(yaw) @ rot_y(np.pi / 2 - 0.15), instance=inst)
+        p.add(BOX, _place(x, y, z, yaw, (-h + 0.05, 0, seat_z - 0.05)), (0.25, 0.1, 0.05), label, paint,
+              yaw=yaw, instance=inst)
+        seat_x = -0.28
+    p.add(BOX, _place(x, y, z, yaw, (seat_x, 0, seat_z)), (0.27, 0.14, 0.05), label, dark, yaw=yaw, instance=inst)
+    bar = (h - 0.3, seat_z + rng.uniform(0.18, 0.3))
+    p.add(BOX, _place(x, y, z, yaw, (bar[0], 0, bar[1])), (0.03, 0.35, 0.03), label, 0.2, yaw=yaw, instance=inst)
+    p.add(ELLIPSOID, _place(x, y, z, yaw, (h - 0.17, 0, bar[1] - 0.15)), (0.1, 0.12, 0.1), label,
+          rng.uniform(0.3, 0.9), yaw=yaw, instance=inst)  # headlight / fairing
+    peg = (seat_x + 0.25, 0.3 if scooter else r + 0.05)
+    return h + r, (seat_x, seat_z), bar, peg
+
+
+def add_other_vehicle(p: PrimitiveList, rng, x, y, z, yaw, inst, kind: int, L: float) -> float:
+    """Other-vehicle of total length ``L``: kind 0 bus (one long tall box with a glass band),
+    1 box/flat trailer with a drawbar, 2 caravan (tall trailer with windows); see ``OTHER_VEHICLE_KINDS``."""
+    lab = OTHER_VEHICLE
+    if kind == 0:
+        W, H, clear = rng.uniform(2.45, 2.55), rng.uniform(2.9, 3.3), 0.32
+        paint = rng.uniform(0.2, 0.85)
+        belt = clear + rng.uniform(0.85, 1.05)
+        p.add(BOX, _place(x, y, z, yaw, (0, 0, (clear + belt) / 2)), (L / 2, W / 2, (belt - clear) / 2), lab, paint,
+              yaw=yaw, instance=inst)
+        top = H - 0.25
+        p.add(BOX, _place(x, y, z, yaw, (0, 0, (belt + top) / 2)), (L / 2 - 0.02, W / 2 - 0.02, (top - belt) / 2),
+              lab, rng.uniform(0.04, 0.2), yaw=yaw, instance=inst, pass_prob=0.35)  # glass band
+        p.add(BOX, _place(x, y, z, yaw, (0, 0, (top + H) / 2)), (L / 2, W / 2, (H - top) / 2), lab, paint,
+              yaw=yaw, instance=inst)
+        p.add(BOX, _place(x, y, z, yaw, (rng.uniform(-L / 4, L / 4), 0, H + 0.15)), (rng.uniform(0.8, 1.6), W * 0.35, 0.15),
+              lab, rng.uniform(0.2, 0.6), yaw=yaw, instance=inst)  # roof unit
+        r = 0.5
+        axles = [L / 2 - 2.6, -L / 2 + 3.1] + ([-L / 2 + 4.5] if L > 12.5 else [])
+    else:
+        bar = rng.uniform(0.9, 1.4)
+        body = L - bar
+        W = rng.uniform(1.7, 2.35) if kind == 1 else rng.uniform(2.1, 2.5)
+        bottom = rng.uniform(0.5, 0.7) if kind == 1 else rng.uniform(0.4, 0.55)
+        cx = -L / 2 + body / 2
+        paint = rng.uniform(0.1, 0.85)
+        if kind == 2 or rng.random() < 0.6:  # closed box
+            H = rng.uniform(1.3, 2.5) if kind == 1 else rng.uniform(2.3, 2.75)
+            p.add(BOX, _place(x, y, z, yaw, (cx, 0, (bottom + H) / 2)), (body / 2, W / 2, (H - bottom) / 2), lab,
+                  paint, yaw=yaw, instance=inst)
+            if kind == 2:  # windows and a roof hatch
+                p.add(BOX, _place(x, y, z, yaw, (cx, 0, H - 0.75)), (body / 2 - 0.6, W / 2 + 0.01, 0.25), lab,
+                      rng.uniform(0.03, 0.15), yaw=yaw, instance=inst, pass_prob=0.3)
+                p.add(BOX, _place(x, y, z, yaw, (cx, 0, H + 0.08)), (0.4, 0.4, 0.08), lab, 0.4, yaw=yaw, instance=inst)
+        else:  # flatbed with low side walls
+            wall = rng.uniform(0.3, 0.5)
+            p.add(BOX, _place(x, y, z, yaw, (cx, 0, bottom + 0.05)), (body / 2, W / 2, 0.05), lab, paint, yaw=yaw,
+                  instance=inst)
+            for sy in (1, -1):
+                p.add(BOX, _place(x, y, z, yaw, (cx, sy * (W / 2 - 0.02), bottom + wall / 2)), (body / 2, 0.02, wall / 2),
+                      lab, paint, yaw=yaw, instance=inst)
+            for sx in (1, -1):
+                p.add(BOX, _place(x, y, z, yaw, (cx + sx * (body / 2 - 0.02), 0, bottom + wall / 2)),
+                      (0.02, W / 2, wall / 2), lab, paint, yaw=yaw, instance=inst)
+        hz = 0.45
+        front = -L / 2 + body
+        for sy in (1, -1):  # A-frame drawbar
+            c = _place(x, y, z, yaw, (front + bar / 2, sy * W / 5, hz))
+            p.add(BOX, c, (bar / 2 + 0.05, 0.04, 0.04), lab, 0.2, rot=rot_z(yaw - sy * 0.35), instance=inst)
+        p.add(CYLINDER, _place(x, y, z, yaw, (L / 2 - 0.1, 0, hz / 2)), (0.04, 0.04, hz / 2), lab, 0.2, instance=inst)
+        r = rng.uniform(0.28, 0.36)
+        axles = [cx] if body < 4.5 else [cx + 0.5, cx - 0.5]
+    for ax in axles:
+        for sy in (1, -1):
+            c = _place(x, y, z, yaw, (ax, sy * (W / 2 - (0.25 if kind == 0 else -0.1)), r))
+            p.add(CYLINDER, c, (r, r, 0.11), lab, 0.06, rot=_wheel_rot(yaw), instance=inst)
+    return 0.5 * np.hypot(L, W)
+
+
+def add_rider(p: PrimitiveList, rng, x, y, z, yaw, inst, motor: bool) -> float:
+    """A person riding a bicycle (``motor=False``: everything labelled bicyclist) or a motorcycle /
+    scooter (motorcyclist, with a helmet): seated, leaning forward, hands on the grips, feet on the
+    pedals / footpegs."""
+    label = MOTORCYCLIST if motor else BICYCLIST
+    if motor:
+        radius, seat, bar, peg = _motorcycle(p, rng, x, y, z, yaw, inst, label)
+        hip_l = np.array([seat[0] - 0.05, 0.0, seat[1] + 0.1])
+        grips = [np.array([bar[0] - 0.05, s * 0.33, bar[1]]) for s in (1, -1)]
+        feet = [np.array([peg[0], s * 0.2, peg[1]]) for s in (1, -1)]
+        lean = rng.uniform(0.15, 0.45)
+    else:
+        r, wb = _bicycle(p, rng, x, y, z, yaw, inst, label)
+        radius = 0.5 * wb + r
+        hip_l = np.array([-0.27, 0.0, r + 0.74])
+        grips = [np.array([wb * 0.5 - 0.1, s * 0.27, r + 0.63]) for s in (1, -1)]
+        ph = rng.uniform(0, np.pi)
+        feet = [np.array([0.02 + s * 0.17 * np.cos(ph), s * 0.13, r - 0.02 + s * 0.17 * np.sin(ph)]) for s in (1, -1)]
+        lean = rng.uniform(0.45, 0.85)
+    h = rng.uniform(1.6, 1.9)
+    cloth = rng.uniform(0.05, 0.6)
+    W = lambda q: _place(x, y, z, yaw, q)  # noqa: E731
+    fwd = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    for s, foot in zip((1, -1), feet):
+        hip = W(hip_l + np.array([0.0, s * 0.1, 0.0]))
+        ft = W(foot)
+        knee = _knee(hip, ft, 0.5 * h, fwd + np.array([0.0, 0.0, 0.3]))
+        _limb(p, hip, knee, 0.075, label, cloth * 0.8, inst)
+        _limb(p, knee, ft, 0.06, label, cloth * 0.8, inst)
+    tl = 0.3 * h
+    axis = np.array([np.sin(lean), 0.0, np.cos(lean)])
+    sh = hip_l + tl * axis
+    p.add(ELLIPSOID, W(hip_l + 0.5 * tl * axis), (0.13, 0.2, tl / 2 + 0.05), label, cloth,
+          rot=rot_z(yaw) @ rot_y(lean), instance=inst)
+    head = sh + 0.2 * np.array([np.sin(0.5 * lean), 0.0, np.cos(0.5 * lean)])
+    if motor:  # helmet
+        p.add(ELLIPSOID, W(head), (0.15, 0.14, 0.15), label, rng.uniform(0.1, 0.9), yaw=yaw, instance=inst)
+    else:
+        p.add(ELLIPSOID, W(head), (0.1, 0.09, 0.12), label, rng.uniform(0.2, 0.5), yaw=yaw, instance=inst)
+    for s, g in zip((1, -1), grips):
+        _limb(p, W(sh + np.array([0.0, s * 0.19, -0.04])), W(g), 0.045, label, cloth, inst)
+    return radius
 
 
 def add_person(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:

@@ -25,8 +25,12 @@ def _terrain(x, y, ph):
 
 
 @njit(cache=True)
-def _classify(x, y, axis, offset, urange, edges, curb, ph):
-    """(priority 0..4, street, side, offset above the grade plane) of one ground point; see ``Layout``."""
+def _classify(x, y, axis, offset, urange, edges, curb, med, ph):
+    """(priority 0..5, street, side, offset above the grade plane) of one ground point; see ``Layout``.
+
+    Priorities: 0 lot, 1 verge (both terrain), 2 sidewalk, 3 parking, 4 median (other-ground),
+    5 road. ``med [S, 4]``: median half width, period, duty, phase per street.
+    """
     prio = 0
     cb = 0.0
     st = -1
@@ -43,7 +47,11 @@ def _classify(x, y, axis, offset, urange, edges, curb, ph):
         av = abs(v)
         side = 1 if v >= 0 else 0
         if av < edges[s, side, 0]:
-            p = 4
+            p = 5
+            if av < med[s, 0]:  # median unless in a gap
+                q = (u - med[s, 3]) / med[s, 1]
+                if q - math.floor(q) < med[s, 2]:
+                    p = 4
         elif av < edges[s, side, 1]:
             p = 3
         elif av < edges[s, side, 2]:
@@ -57,11 +65,11 @@ def _classify(x, y, axis, offset, urange, edges, curb, ph):
             cb = curb[s]
             st = s
             sd = side
-    if prio == 4:
+    if prio == 5:
         off = 0.0
     elif prio == 3:
         off = 0.04
-    elif prio == 2:
+    elif prio == 2 or prio == 4:
         off = cb
     else:
         off = _terrain(x, y, ph)
@@ -69,20 +77,21 @@ def _classify(x, y, axis, offset, urange, edges, curb, ph):
 
 
 @njit(cache=True)
-def ground_classify(x, y, axis, offset, urange, edges, curb, ph):
+def ground_classify(x, y, axis, offset, urange, edges, curb, med, ph):
     """Vectorized ``_classify``: ``(prio [N] int8, offset [N] float64)``."""
     n = x.shape[0]
     prio = np.empty(n, np.int8)
     off = np.empty(n)
     for i in range(n):
-        p, _, _, o = _classify(x[i], y[i], axis, offset, urange, edges, curb, ph)
+        p, _, _, o = _classify(x[i], y[i], axis, offset, urange, edges, curb, med, ph)
         prio[i] = p
         off[i] = o
     return prio, off
 
 
 @njit(cache=True)
-def ground_intersect(o, dirs, grade, axis, offset, urange, edges, curb, ph, max_range, step, max_steps, bisect):
+def ground_intersect(o, dirs, grade, axis, offset, urange, edges, curb, med, ph, max_range, step, max_steps,
+                     bisect):
     """First crossing of each ray with ``z = grade . xy + offset(x, y)``, offset in [0, H_MAX].
 
     Marches from the hit of ``plane + H_MAX`` to the hit of ``plane`` in steps of ``step``
@@ -103,11 +112,14 @@ def ground_intersect(o, dirs, grade, axis, offset, urange, edges, curb, ph, max_
         b = -h0 / den
         if a >= max_range:
             continue
-        # fast path: both ends in the same flat band (road / parking / sidewalk of one street and
-        # side); the band is convex and every region overriding it is lower, so the hit is exact
-        pa, sa, da, oa = _classify(o[0] + a * dx, o[1] + a * dy, axis, offset, urange, edges, curb, ph)
-        pb, sb, db, ob = _classify(o[0] + b * dx, o[1] + b * dy, axis, offset, urange, edges, curb, ph)
-        if pa >= 2 and pa == pb and (pa == 4 or (sa == sb and da == db)):
+        # fast path: both ends in the same flat band (road / parking / sidewalk / median of one
+        # street and side, or road of median-free streets); the band is convex and the regions
+        # overriding it are lower, so the hit is exact (a road side may hold a median gap's end:
+        # ignored, it is rare and a few cm)
+        pa, sa, da, oa = _classify(o[0] + a * dx, o[1] + a * dy, axis, offset, urange, edges, curb, med, ph)
+        pb, sb, db, ob = _classify(o[0] + b * dx, o[1] + b * dy, axis, offset, urange, edges, curb, med, ph)
+        if pa >= 2 and pa == pb and ((sa == sb and da == db)
+                                     or (pa == 5 and med[sa, 0] <= 0.0 and med[sb, 0] <= 0.0)):
             t = (oa - h0) / den
             if t <= max_range:
                 t_out[i] = t
@@ -120,7 +132,7 @@ def ground_intersect(o, dirs, grade, axis, offset, urange, edges, curb, ph, max_
         for k in range(1, n + 1):
             t = a + (b - a) * k / n
             x, y, z = o[0] + t * dx, o[1] + t * dy, o[2] + t * dz
-            off = _classify(x, y, axis, offset, urange, edges, curb, ph)[3]
+            off = _classify(x, y, axis, offset, urange, edges, curb, med, ph)[3]
             if z <= grade[0] * x + grade[1] * y + off:
                 lo = prev
                 hi = t
@@ -129,14 +141,14 @@ def ground_intersect(o, dirs, grade, axis, offset, urange, edges, curb, ph, max_
         for _ in range(bisect):
             m = 0.5 * (lo + hi)
             x, y, z = o[0] + m * dx, o[1] + m * dy, o[2] + m * dz
-            off = _classify(x, y, axis, offset, urange, edges, curb, ph)[3]
+            off = _classify(x, y, axis, offset, urange, edges, curb, med, ph)[3]
             if z > grade[0] * x + grade[1] * y + off:
                 lo = m
             else:
                 hi = m
         if hi <= max_range:
             t_out[i] = hi
-            p_out[i] = _classify(o[0] + hi * dx, o[1] + hi * dy, axis, offset, urange, edges, curb, ph)[0]
+            p_out[i] = _classify(o[0] + hi * dx, o[1] + hi * dy, axis, offset, urange, edges, curb, med, ph)[0]
     return t_out, p_out
 
 

@@ -1,8 +1,10 @@
 """Procedural urban scene of one sequence: streets, buildings, vegetation, furniture, vehicles, people.
 
 :func:`build_scene` draws a main street (the ego vehicle drives along it; one scan every
-``spacing`` metres) with cross streets, fills both sides of every street and then makes sure that
-every scan has each thing class (car, truck, bicycle, person) and signs/poles/fences nearby.
+``spacing`` metres; it always has a median, with gaps) with cross streets, fills both sides of
+every street (parked cars, trucks, trailers, buses and motorcycles; bicycle racks; pedestrians;
+cyclists and motorcyclists in bike lanes, free parking space and traffic) and then makes sure
+that every scan has each thing class and signs/poles/fences nearby.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import List, Tuple
 import numpy as np
 
 from . import objects as ob
-from .common import BICYCLE, CAR, FENCE, PERSON, POLE, TRAFFIC_SIGN, TRUCK, TRUNK, rot_x, rot_y, rot_z
+from .common import (BICYCLE, BICYCLIST, CAR, FENCE, MOTORCYCLE, MOTORCYCLIST, OTHER_GROUND, OTHER_VEHICLE, PERSON,
+                     POLE, TRAFFIC_SIGN, TRUCK, TRUNK, rot_x, rot_y, rot_z)
 from .layout import Layout, Street
 from .primitives import PrimitiveList, Primitives
 
@@ -81,6 +84,12 @@ class _Builder:
             ob.add_bicycle(p, rng, x, y, z, yaw, self._inst())
         elif cls == PERSON:
             ob.add_person(p, rng, x, y, z, yaw, self._inst())
+        elif cls == MOTORCYCLE:
+            ob.add_motorcycle(p, rng, x, y, z, yaw, self._inst())
+        elif cls == OTHER_VEHICLE:
+            ob.add_other_vehicle(p, rng, x, y, z, yaw, self._inst(), kw["kind"], kw["length"])
+        elif cls in (BICYCLIST, MOTORCYCLIST):
+            ob.add_rider(p, rng, x, y, z, yaw, self._inst(), cls == MOTORCYCLIST)
         elif cls == TRUNK:
             ob.add_tree(p, rng, x, y, z, kw.get("max_crown", 3.4))
         elif cls == POLE:
@@ -111,8 +120,22 @@ def _random_street(rng, axis: int, offset: float, u_range, main: bool) -> Street
         park[int(rng.integers(2))] = rng.uniform(2.0, 2.6)
     verge = [rng.uniform(1.0, 3.0) if rng.random() < (0.4 if main else 0.3) else 0.0 for _ in range(2)]
     walk = [rng.uniform(1.8, 4.0) if main else rng.uniform(1.5, 3.0) for _ in range(2)]
+    bike = [rng.uniform(1.3, 1.9) if rng.random() < (0.45 if main else 0.2) else 0.0 for _ in range(2)]
+    has_median = main or rng.random() < 0.3
+    median = (rng.uniform(0.4, 1.4) if main else rng.uniform(0.4, 1.0)) if has_median else 0.0
     return Street(axis, offset, lanes * lane_w / 2, lane_w, tuple(park), tuple(verge), tuple(walk),
-                  rng.uniform(0.12, 0.17), u_range)
+                  rng.uniform(0.12, 0.17), u_range, median=median, median_period=rng.uniform(35, 90),
+                  median_duty=rng.uniform(0.35, 0.8), median_phase=rng.uniform(0, 90), bike=tuple(bike))
+
+
+def _rider(rng) -> int:
+    return BICYCLIST if rng.random() < 0.55 else MOTORCYCLIST
+
+
+def _other_vehicle(rng) -> dict:
+    """kind / length of a random other-vehicle (buses less often than trailers and caravans)."""
+    kind = int(rng.choice(3, p=[0.3, 0.45, 0.25]))
+    return {"kind": kind, "length": float(rng.uniform(*ob.OTHER_VEHICLE_KINDS[kind][1]))}
 
 
 def _intervals(lo: float, hi: float, blocked: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -197,19 +220,45 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
         for _ in range(rng.poisson((b - a) / 15)):
             face = yaw + (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0, 0.15)
             B.try_place(TRAFFIC_SIGN, st, rng.uniform(a, b), sg * (e2 + 0.3), face, 0.4, 0.4)
-        # --- parked cars and trucks ---
+        # --- parked cars, trucks, other vehicles and motorcycles; riders in free parking space ---
         if pw > 0:
             u = a + rng.uniform(0, 3)
             while u < b - 6:
                 if rng.random() < 0.75:
-                    truck = rng.random() < 0.1
-                    slot = 12.0 if truck else 5.3
+                    kind = rng.random()
                     heading = yaw + (0.0 if rng.random() < 0.8 else np.pi) + rng.normal(0, 0.03)
                     v = sg * (e0 + pw / 2 + rng.uniform(-0.15, 0.15))
-                    B.try_place(TRUCK if truck else CAR, st, u + slot / 2, v, heading, slot / 2, 1.2)
+                    if kind < 0.1:  # 2-4 motorcycles / scooters, angled towards the curb
+                        n = int(rng.integers(2, 5))
+                        for k in range(n):
+                            B.try_place(MOTORCYCLE, st, u + 0.6 + 1.1 * k, v, yaw + sg * rng.uniform(1.0, 1.4), 0.5, 1.0)
+                        u += 1.1 * n + rng.uniform(0.4, 2.0)
+                        continue
+                    if kind < 0.17:
+                        cls, kw = TRUCK, {}
+                        slot = 12.0
+                    elif kind < 0.24:
+                        cls, kw = OTHER_VEHICLE, _other_vehicle(rng)
+                        slot = kw["length"] + 0.4
+                    else:
+                        cls, kw = CAR, {}
+                        slot = 5.3
+                    B.try_place(cls, st, u + slot / 2, v, heading, slot / 2, 1.3, **kw)
                     u += slot + rng.uniform(0.4, 3.0)
                 else:
-                    u += rng.uniform(3, 10)
+                    gap = rng.uniform(3, 10)
+                    if gap > 6 and rng.random() < 0.35:  # a rider passing through the gap
+                        B.try_place(_rider(rng), st, u + gap / 2, sg * (e0 + pw / 2),
+                                    yaw + (np.pi if side == 1 else 0.0) + rng.normal(0, 0.1), 1.1, 0.45)
+                    u += gap
+        # --- riders in the bike lane ---
+        if st.bike[side] > 0:
+            for _ in range(rng.poisson((b - a) / 25)):
+                B.try_place(_rider(rng), st, rng.uniform(a, b), sg * (e0 - st.bike[side] / 2 + rng.normal(0, 0.1)),
+                            yaw + (np.pi if side == 1 else 0.0) + rng.normal(0, 0.08), 1.1, 0.45)
+        # --- motorcycles parked on the sidewalk at the curb ---
+        for _ in range(rng.poisson((b - a) / 40)):
+            B.try_place(MOTORCYCLE, st, rng.uniform(a, b), sg * (e2 + 0.8), yaw + rng.normal(0, 0.15), 1.0, 0.5)
         # --- bicycles (racks near buildings, single bikes at the curb) ---
         u = a
         while u < b:
@@ -231,27 +280,53 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
                                 rng.uniform(0, 2 * np.pi), 0.35, 0.35)
 
 
+def _median_furniture(B: _Builder, st: Street, span: Tuple[float, float]) -> None:
+    """Street lights and keep-right signs on the median."""
+    rng = B.rng
+    if st.median < 0.4:
+        return
+    u = span[0] + rng.uniform(0, 20)
+    lights = rng.random() < 0.5
+    while u < span[1]:
+        xy = np.array([st.world(uu, 0.0) for uu in (u - 1.0, u, u + 1.0)])
+        if (B.layout.classify(xy[:, 0], xy[:, 1])[0] == OTHER_GROUND).all():
+            if lights:
+                B.try_place(POLE, st, u, 0.0, 0, 0.3, 0.3, arm_yaw=st.yaw() + (np.pi / 2 if rng.random() < 0.5 else -np.pi / 2))
+            elif rng.random() < 0.5:
+                B.try_place(TRAFFIC_SIGN, st, u, 0.0, st.yaw() + np.pi * (rng.random() < 0.5), 0.3, 0.3)
+        u += rng.uniform(15, 35)
+
+
 def _traffic(B: _Builder, st: Street, span: Tuple[float, float], ego_lane: int) -> None:
     rng = B.rng
-    lanes = int(round(2 * st.half_road / st.lane_w))
-    for k in range(lanes):
+    for k in range(st.lanes):
         if k == ego_lane:
             continue
-        v = (k + 0.5 - lanes / 2) * st.lane_w
+        v = st.lane_v(k)
         heading = st.yaw() + (0.0 if v < 0 else np.pi)
         u = span[0] + rng.uniform(0, 30)
         while u < span[1]:
-            truck = rng.random() < 0.15
-            B.try_place(TRUCK if truck else CAR, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02),
-                        6.0 if truck else 2.7, 1.3)
-            u += rng.uniform(12, 45)
+            kind = rng.random()
+            if kind < 0.1:
+                B.try_place(TRUCK, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02), 6.0, 1.3)
+            elif kind < 0.16:
+                kw = {"kind": 0, "length": float(rng.uniform(*ob.OTHER_VEHICLE_KINDS[0][1]))}
+                B.try_place(OTHER_VEHICLE, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02),
+                            kw["length"] / 2 + 0.2, 1.3, **kw)
+            elif kind < 0.28:  # riders keep to the outer part of the lane
+                off = (st.lane_w / 2 - 0.7) * np.sign(v)
+                B.try_place(_rider(rng), st, u, v + off + rng.normal(0, 0.15), heading + rng.normal(0, 0.05), 1.1, 0.45)
+            else:
+                B.try_place(CAR, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02), 2.7, 1.3)
+            u += rng.uniform(12, 40)
 
 
 def _ensure_classes(B: _Builder, main: Street, ego_uv: np.ndarray, direction: float, radius: float = 28.0) -> None:
     """Add a car/truck/bicycle/person/sign/pole/fence/tree ahead of any scan that has none nearby."""
     rng = B.rng
     for u_e, _ in ego_uv:
-        for cls in (CAR, TRUCK, BICYCLE, PERSON, TRAFFIC_SIGN, POLE, FENCE, TRUNK):
+        for cls in (CAR, TRUCK, OTHER_VEHICLE, BICYCLE, MOTORCYCLE, PERSON, BICYCLIST, MOTORCYCLIST, TRAFFIC_SIGN,
+                    POLE, FENCE, TRUNK):
             objs = [o for o in B.objects if o[0] == cls]
             x_e, y_e = main.world(u_e, 0.0)
             if objs and (np.hypot(np.array([o[1] for o in objs]) - x_e, np.array([o[2] for o in objs]) - y_e)
@@ -262,10 +337,18 @@ def _ensure_classes(B: _Builder, main: Street, ego_uv: np.ndarray, direction: fl
                 sg = 1.0 if side else -1.0
                 e0, e1, e2, e3 = main.edges(side)
                 u = u_e + direction * rng.uniform(5, 22)
-                if cls in (CAR, TRUCK):
+                if cls in (CAR, TRUCK, OTHER_VEHICLE):
                     pw = main.parking[side]
                     v = sg * (e0 + pw / 2) if pw > 0 else sg * (e0 - 1.7)
-                    ok = B.try_place(cls, main, u, v, main.yaw(), 6.0 if cls == TRUCK else 2.7, 1.2)
+                    kw = _other_vehicle(rng) if cls == OTHER_VEHICLE else {}
+                    half = {CAR: 2.7, TRUCK: 6.0}.get(cls, kw.get("length", 0.0) / 2 + 0.2)
+                    ok = B.try_place(cls, main, u, v, main.yaw(), half, 1.2, **kw)
+                elif cls in (BICYCLIST, MOTORCYCLIST):
+                    pw, bw = main.parking[side], main.bike[side]
+                    v = sg * (e0 - bw / 2) if bw > 0 else sg * (e0 + pw / 2) if pw > 0 else sg * (e0 - 0.7)
+                    ok = B.try_place(cls, main, u, v, main.yaw() + (np.pi if side else 0.0), 1.1, 0.45)
+                elif cls == MOTORCYCLE:
+                    ok = B.try_place(cls, main, u, sg * (e2 + 0.8), main.yaw(), 1.0, 0.5)
                 elif cls == FENCE:
                     B.fence(main, u - 3, u + 3, sg * (e3 + 0.4), sg * (e3 + 0.4))
                     ok = True
@@ -304,14 +387,16 @@ def build_scene(rng: np.random.Generator, n_scans: int, spacing: float = 10.0) -
     B = _Builder(rng, layout)
     # ego path first, so nothing is placed in its lane
     direction = 1.0 if rng.random() < 0.6 else -1.0
-    lanes = int(round(2 * main.half_road / main.lane_w))
+    lanes = main.lanes
     ego_lane = lanes // 2 - 1 if direction > 0 else lanes // 2
-    v_lane = (ego_lane + 0.5 - lanes / 2) * main.lane_w
+    v_lane = main.lane_v(ego_lane)
     us = direction * (np.arange(n_scans) * spacing - span / 2)
     ego_uv = np.stack([us + rng.uniform(-1, 1, n_scans), v_lane + rng.uniform(-0.25, 0.25, n_scans)], 1)
     B.occ.add(lo - 10, v_lane - main.lane_w / 2 + 0.2, hi + 10, v_lane + main.lane_w / 2 - 0.2)
     for u in ego_uv[:, 0]:  # no traffic right beside the ego vehicle
-        B.occ.add(u - 9.0, -main.half_road + 0.3, u + 9.0, main.half_road - 0.3)
+        w = main.median + main.half_road - 0.3
+        B.occ.add(u - 9.0, -w, u + 9.0, w)
+    _median_furniture(B, main, (lo, hi))
     for side in (0, 1):
         _populate_side(B, main, side, _intervals(lo, hi, blocked))
     for cs in streets[1:]:
@@ -320,6 +405,7 @@ def build_scene(rng: np.random.Generator, n_scans: int, spacing: float = 10.0) -
         for side in (0, 1):
             _populate_side(B, cs, side, spans)
         _traffic(B, cs, (max(cs.u_range[0], -60.0), min(cs.u_range[1], 60.0)), -1)
+        _median_furniture(B, cs, (max(cs.u_range[0], -_EXTENT), min(cs.u_range[1], _EXTENT)))
     _traffic(B, main, (lo, hi), ego_lane)
     _ensure_classes(B, main, ego_uv, direction)
     # sensor poses: on the road, following the grade

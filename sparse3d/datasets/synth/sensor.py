@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import PARKING, ROAD, SIDEWALK, TERRAIN
+from .common import OTHER_GROUND, PARKING, ROAD, SIDEWALK, TERRAIN
 from .layout import Layout
 from .primitives import Primitives
 from .raycast import cast_primitives
@@ -39,7 +39,8 @@ class HDL64E:
         return np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)])
 
 
-_GROUND_ALBEDO = {ROAD: (0.13, 0.3), PARKING: (0.15, 0.35), SIDEWALK: (0.22, 0.45), TERRAIN: (0.28, 0.55)}
+_GROUND_ALBEDO = {ROAD: (0.13, 0.3), PARKING: (0.15, 0.35), SIDEWALK: (0.22, 0.45), OTHER_GROUND: (0.18, 0.48),
+                  TERRAIN: (0.28, 0.55)}
 
 
 def _ground_albedo(layout: Layout, cls, x, y, rng):
@@ -53,9 +54,10 @@ def _ground_albedo(layout: Layout, cls, x, y, rng):
     if road.any():  # painted lane lines are bright but still road
         main = layout.streets[0]
         u, v = main.local(x[road], y[road])
-        lines = np.arange(-(main.half_road // main.lane_w), main.half_road // main.lane_w + 1) * main.lane_w
+        per_side = np.arange(main.lanes // 2 + 1) * main.lane_w + main.median
+        lines = np.concatenate([-per_side, per_side])
         near = np.abs(v[:, None] - lines[None, :]).min(1) < 0.07
-        dashed = np.abs(v) < main.half_road - 0.5
+        dashed = np.abs(v) < main.median + main.half_road - 0.5  # outer (bike lane) lines are solid
         paint = near & (~dashed | (np.mod(u, 9.0) < 3.0))
         a = alb[road]
         a[paint] = rng.uniform(0.55, 0.85, int(paint.sum()))
