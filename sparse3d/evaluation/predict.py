@@ -76,7 +76,7 @@ def load_model_weights(model: nn.Module, path: PathLike, expected_target: Option
         hint = ""
         nc = getattr(model, "num_classes", None)
         for k, s_ck, s_m in bad:
-            if nc is not None and "classifier" in k and s_m and s_m[0] == nc:
+            if nc is not None and "classifier" in k and s_m and s_ck and s_m[0] == nc != s_ck[0]:
                 hint = f" (num_classes: checkpoint {s_ck[0]}, model {nc})"
                 break
         raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}{hint}: shape mismatch in "
