@@ -11,7 +11,10 @@ import pytest
 
 from sparse3d.datasets import SemanticKITTI, raw_to_train
 from sparse3d.datasets.semantic_kitti import read_labels, read_points
-from sparse3d.datasets.synth.common import SYNTH_RAW_IDS, THING_IDS
+from sparse3d.datasets.synth import objects as ob
+from sparse3d.datasets.synth.common import (BICYCLE, BICYCLIST, MOTORCYCLE, MOTORCYCLIST, OTHER_GROUND,
+                                            OTHER_VEHICLE, ROAD, SYNTH_RAW_IDS, THING_IDS)
+from sparse3d.datasets.synth.primitives import PrimitiveList
 from sparse3d.datasets.synth.primitives import BOX, CYLINDER, ELLIPSOID, intersect
 from sparse3d.datasets.synth.raycast import intersect_one
 from sparse3d.datasets.synth.scene import SENSOR_HEIGHT, build_scene
@@ -111,10 +114,88 @@ def test_instances_consistent_over_a_sequence(tiny):
 
 
 def test_all_classes_present(tiny):
+    """The 19 raw ids are the 19 SemanticKITTI evaluation classes, and a few scans hold all of them."""
+    assert len(SYNTH_RAW_IDS) == 19
+    assert sorted(raw_to_train(np.array(SYNTH_RAW_IDS)).tolist()) == list(range(19))
     seen = set()
     for f in sorted(tiny.rglob("*.label")):
         seen |= set(np.unique(read_labels(f)[0]).tolist())
     assert seen == set(SYNTH_RAW_IDS)
+
+
+def test_every_scan_has_the_rare_classes():
+    """Each scan sees bicyclists, motorcyclists, motorcycles, other vehicles and other-ground."""
+    scene = build_scene(np.random.default_rng(np.random.SeedSequence([5, 8])), 3)
+    for i, pose in enumerate(scene.poses):
+        _, sem, _ = scan(scene.prims, scene.layout, pose, np.random.default_rng(i), HDL64E(azimuth_steps=1000))
+        n = np.bincount(sem, minlength=1 << 16)
+        for c in (BICYCLIST, MOTORCYCLIST, MOTORCYCLE, OTHER_VEHICLE, OTHER_GROUND):
+            assert n[c] > 0, (i, c)
+
+
+def _extent(label):
+    """Builds one object at the origin; (length, width, height) of its primitives' bounding box."""
+    p = PrimitiveList()
+    rng = np.random.default_rng(0)
+    if label == BICYCLE:
+        ob.add_bicycle(p, rng, 0.0, 0.0, 0.0, 0.0, 1)
+    elif label == MOTORCYCLE:
+        ob.add_motorcycle(p, rng, 0.0, 0.0, 0.0, 0.0, 1)
+    else:
+        ob.add_rider(p, rng, 0.0, 0.0, 0.0, 0.0, 1, label == MOTORCYCLIST)
+    pr = p.finish()
+    assert set(pr.label.tolist()) == {label} and set(pr.instance.tolist()) == {1}
+    return _bbox(pr)
+
+
+def _bbox(pr):
+    """(size [3], bottom z, top z) of the axis-aligned box around all primitives (box bounds)."""
+    corners = (np.abs(pr.rot) @ pr.half[:, :, None])[..., 0]  # half extents of the rotated primitives
+    lo = (pr.center - corners).min(0)
+    hi = (pr.center + corners).max(0)
+    return hi - lo, lo[2], hi[2]
+
+
+def test_riders_sit_on_their_vehicles():
+    """A rider is a person on top of a bicycle / motorcycle, labelled as one object; the parked
+    vehicles alone are lower."""
+    for vehicle, rider in ((BICYCLE, BICYCLIST), (MOTORCYCLE, MOTORCYCLIST)):
+        size_v, z0_v, top_v = _extent(vehicle)
+        size_r, z0_r, top_r = _extent(rider)
+        assert abs(z0_v) < 0.01 and abs(z0_r) < 0.01  # standing on the ground
+        assert top_v < 1.35 and 1.45 < top_r < 2.1, (top_v, top_r)
+        assert 0.9 < size_v[0] < 2.4 and size_v[1] < 1.0  # narrower and shorter than a car
+
+
+def test_other_vehicles_are_long():
+    for kind, (_, (lo, hi)) in enumerate(ob.OTHER_VEHICLE_KINDS):
+        p = PrimitiveList()
+        L = (lo + hi) / 2
+        ob.add_other_vehicle(p, np.random.default_rng(kind), 0.0, 0.0, 0.0, 0.0, 1, kind, L)
+        pr = p.finish()
+        assert set(pr.label.tolist()) == {OTHER_VEHICLE}
+        size, bottom, top = _bbox(pr)
+        assert abs(bottom) < 0.01 and top > (2.8 if kind == 0 else 0.9)
+        assert abs(size[0] - L) < 0.3 and 1.6 < size[1] < 2.9  # long and wide: not a car or a motorcycle
+
+
+def test_median_is_raised_other_ground():
+    """The main street's median is other-ground at curb height on the centre line, with road gaps."""
+    scene = build_scene(np.random.default_rng(2), 1)
+    lay = scene.layout
+    main = lay.streets[0]
+    assert main.median > 0
+    u = np.linspace(-100, 100, 2001)
+    x, y = main.world(u, np.zeros_like(u))
+    cls, off = lay.classify(x, y)
+    present = main.median_at(u)
+    assert present.any() and (~present).any()
+    far = np.ones_like(present)  # away from cross streets
+    for cs in lay.streets[1:]:
+        far &= np.abs(u - cs.offset) > 2 * max(cs.edges(0)[0], cs.edges(1)[0]) + 1
+    assert (cls[present & far] == OTHER_GROUND).all()
+    np.testing.assert_allclose(off[present & far], main.curb)
+    assert (cls[~present & far] == ROAD).all() and (off[~present & far] == 0).all()
 
 
 def test_remission_is_not_a_class_id(tiny):
@@ -239,3 +320,12 @@ def test_make_data_cli(repo_dir, tmp_path, capsys):
     assert "road" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main([])
+
+
+@pytest.mark.slow
+def test_default_val_class_shares(tmp_path):
+    """The default validation sequence (16 scans of seq 08) holds every class, rare ones >= 0.1 %."""
+    st = generate_sequence(tmp_path, 8, 16, seed=0)
+    total = st["points"]
+    for c in SYNTH_RAW_IDS:
+        assert st["histogram"].get(c, 0) / total >= 0.001, c
