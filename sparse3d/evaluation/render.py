@@ -40,6 +40,9 @@ COLOR_MAP_BGR: Dict[int, Tuple[int, int, int]] = {
 }
 
 
+_CHILD = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+
+
 class OffscreenRenderError(RuntimeError):
     """open3d could not render offscreen on this platform (no usable Vulkan or EGL driver)."""
 
@@ -122,7 +125,8 @@ def render_views(xyz: np.ndarray, colors: Sequence[np.ndarray], width: int = 800
         np.savez(src, xyz=xyz, colors=cols, size=np.array([width, height]), point_size=np.array(point_size))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(src), str(dst)],
+            # run this file as __main__ without putting its folder first on sys.path
+            proc = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(__file__), str(src), str(dst)],
                                   capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired as e:
             raise OffscreenRenderError(f"open3d offscreen render did not finish within {timeout:.0f} s") from e
@@ -176,7 +180,8 @@ def render_prediction_vs_gt(points, pred, target, path: PathLike, title: Optiona
 
     present = sorted(set(np.unique(np.concatenate(views)).tolist()) & set(range(NUM_CLASSES)))
     lut = _train_lut()
-    fig, axes = plt.subplots(1, len(images), figsize=(len(images) * width / 100, height / 100 + 1.0), dpi=100)
+    fig, axes = plt.subplots(1, len(images), figsize=(len(images) * width / 100, height / 100 + 1.0), dpi=100,
+                             gridspec_kw=dict(left=0.01, right=0.99, top=0.9, bottom=0.1, wspace=0.02))
     try:
         for ax, img, t in zip(np.atleast_1d(axes), images, titles):
             ax.imshow(img)
@@ -204,4 +209,4 @@ def _main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":  # child process of render_views (numpy + open3d only)
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(_main(sys.argv[-2:]))
