@@ -61,7 +61,7 @@ def load_tool():
     return mod
 
 
-def compose_eval(overrides=()):
+def _compose(name, overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -69,11 +69,16 @@ def compose_eval(overrides=()):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def compose_eval(overrides=()):
+    """``configs/eval.yaml`` as ``tools/eval.py`` composes it (``hydra:`` resolvers set)."""
+    return _compose("eval", overrides)
 
 
 def tiny_model(num_classes=19, seed=0):
@@ -296,19 +301,31 @@ def test_render_bad_input():
 # ------------------------------------------------------------------------------------------ tools/eval.py
 
 
-def test_eval_config_composes(tmp_path):
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", [None] + EXPERIMENTS)
+def test_eval_config_builds_the_trained_network(tmp_path, experiment):
+    """eval.yaml composes the same model and dataset sections as train.yaml for every experiment."""
+    from omegaconf import OmegaConf
+    extra = [f"experiment={experiment}"] if experiment else []
+    train = OmegaConf.to_container(_compose("train", extra), resolve=True)
+    cfg = OmegaConf.to_container(compose_eval([f"checkpoint={tmp_path / 'x.pt'}", *extra]), resolve=True)
+    for k in ("model", "dataset", "experiment_name"):
+        assert cfg[k] == train[k], k
+
+
+def test_eval_config_defaults(tmp_path):
     from hydra.utils import instantiate
     cfg = compose_eval([f"checkpoint={tmp_path / 'x.pt'}"])
     assert cfg.model._target_ == "sparse3d.models.spvnas.spvcnn.SPVCNN"
-    assert cfg.model.cr == 0.25 and cfg.dataset.voxel_size == 0.1  # the default training run (synth_cpu)
-    assert cfg.split == "val" and cfg.submission.enabled and cfg.render.enabled
+    assert cfg.split == "val" and cfg.submission.enabled and cfg.render.enabled and cfg.plots.enabled
     assert "outputs" in Path(cfg.output_dir).parts
-    model = instantiate(cfg.model)
-    assert model.num_classes == 19
+    assert instantiate(cfg.model).num_classes == 19
     assert instantiate(cfg.dataset).num_classes == 19
     assert "SPVCNN" in cfg.submission.description
-    cfg = compose_eval([f"checkpoint={tmp_path / 'x.pt'}", "experiment=minkunet_semantickitti"])
-    assert cfg.model._target_ == MINKUNET and cfg.dataset.voxel_size == 0.05
+    with pytest.raises(Exception, match="checkpoint"):  # mandatory
+        compose_eval([]).checkpoint
 
 
 def _overrides(root, ckpt, out, *extra):
