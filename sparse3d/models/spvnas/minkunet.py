@@ -14,7 +14,7 @@ from ... import nn as spnn
 from ...tensor import SparseTensor
 from .blocks import BasicConvolutionBlock, BasicDeconvolutionBlock, ResidualBlock, sparse_cat
 
-__all__ = ["MinkUNet", "minkunet_channels"]
+__all__ = ["add_unet_backbone", "MinkUNet", "minkunet_channels"]
 
 BASE_CHANNELS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 
@@ -27,6 +27,36 @@ def minkunet_channels(cr: float = 1.0) -> List[int]:
     if min(cs) < 1:
         raise ValueError(f"cr={cr} gives a zero-width layer: {cs}")
     return cs
+
+
+def add_unet_backbone(module: nn.Module, in_channels: int, cs: List[int]) -> None:
+    """Attach the MinkUNet18 voxel backbone to ``module`` (shared by MinkUNet and SPVCNN).
+
+    Adds ``stem``, ``stage1..4`` (k2 s2 down block + 2 residual blocks) and ``up1..4``
+    (``ModuleList[k2 s2 transposed block, 2 residual blocks on the concat]``) with the
+    spvnas module names, so spvnas-style state dicts line up.
+    """
+    module.stem = nn.Sequential(
+        spnn.Conv3d(in_channels, cs[0], kernel_size=3, stride=1),
+        spnn.BatchNorm(cs[0]), spnn.ReLU(True),
+        spnn.Conv3d(cs[0], cs[0], kernel_size=3, stride=1),
+        spnn.BatchNorm(cs[0]), spnn.ReLU(True),
+    )
+    for i in range(1, 5):
+        setattr(module, f"stage{i}", nn.Sequential(
+            BasicConvolutionBlock(cs[i - 1], cs[i - 1], ks=2, stride=2, dilation=1),
+            ResidualBlock(cs[i - 1], cs[i], ks=3, stride=1, dilation=1),
+            ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
+        ))
+    for j in range(1, 5):
+        i, skip = 4 + j, cs[4 - j]
+        setattr(module, f"up{j}", nn.ModuleList([
+            BasicDeconvolutionBlock(cs[i - 1], cs[i], ks=2, stride=2),
+            nn.Sequential(
+                ResidualBlock(cs[i] + skip, cs[i], ks=3, stride=1, dilation=1),
+                ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
+            ),
+        ]))
 
 
 class MinkUNet(nn.Module):
@@ -53,27 +83,7 @@ class MinkUNet(nn.Module):
         cs = minkunet_channels(cr)
         self.in_channels, self.num_classes, self.cr, self.channels = in_channels, num_classes, cr, cs
 
-        self.stem = nn.Sequential(
-            spnn.Conv3d(in_channels, cs[0], kernel_size=3, stride=1),
-            spnn.BatchNorm(cs[0]), spnn.ReLU(True),
-            spnn.Conv3d(cs[0], cs[0], kernel_size=3, stride=1),
-            spnn.BatchNorm(cs[0]), spnn.ReLU(True),
-        )
-        for i in range(1, 5):
-            setattr(self, f"stage{i}", nn.Sequential(
-                BasicConvolutionBlock(cs[i - 1], cs[i - 1], ks=2, stride=2, dilation=1),
-                ResidualBlock(cs[i - 1], cs[i], ks=3, stride=1, dilation=1),
-                ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
-            ))
-        for j in range(1, 5):
-            i, skip = 4 + j, cs[4 - j]
-            setattr(self, f"up{j}", nn.ModuleList([
-                BasicDeconvolutionBlock(cs[i - 1], cs[i], ks=2, stride=2),
-                nn.Sequential(
-                    ResidualBlock(cs[i] + skip, cs[i], ks=3, stride=1, dilation=1),
-                    ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
-                ),
-            ]))
+        add_unet_backbone(self, in_channels, cs)
         self.classifier = nn.Sequential(nn.Linear(cs[8], num_classes))
         self.weight_initialization()
 

@@ -11,11 +11,10 @@ import math
 import torch
 from torch import nn
 
-from ... import nn as spnn
 from ...nn.functional import initial_voxelize, point_to_voxel, voxel_to_point
 from ...tensor import PointTensor, SparseTensor
-from .blocks import BasicConvolutionBlock, BasicDeconvolutionBlock, ResidualBlock, sparse_cat
-from .minkunet import minkunet_channels
+from .blocks import sparse_cat
+from .minkunet import add_unet_backbone, minkunet_channels
 
 __all__ = ["SPVCNN"]
 
@@ -65,27 +64,7 @@ class SPVCNN(nn.Module):
         self.in_channels, self.num_classes, self.cr, self.channels = in_channels, num_classes, cr, cs
         self.voxel_size = float(voxel_size)
 
-        self.stem = nn.Sequential(
-            spnn.Conv3d(in_channels, cs[0], kernel_size=3, stride=1),
-            spnn.BatchNorm(cs[0]), spnn.ReLU(True),
-            spnn.Conv3d(cs[0], cs[0], kernel_size=3, stride=1),
-            spnn.BatchNorm(cs[0]), spnn.ReLU(True),
-        )
-        for i in range(1, 5):
-            setattr(self, f"stage{i}", nn.Sequential(
-                BasicConvolutionBlock(cs[i - 1], cs[i - 1], ks=2, stride=2, dilation=1),
-                ResidualBlock(cs[i - 1], cs[i], ks=3, stride=1, dilation=1),
-                ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
-            ))
-        for j in range(1, 5):
-            i, skip = 4 + j, cs[4 - j]
-            setattr(self, f"up{j}", nn.ModuleList([
-                BasicDeconvolutionBlock(cs[i - 1], cs[i], ks=2, stride=2),
-                nn.Sequential(
-                    ResidualBlock(cs[i] + skip, cs[i], ks=3, stride=1, dilation=1),
-                    ResidualBlock(cs[i], cs[i], ks=3, stride=1, dilation=1),
-                ),
-            ]))
+        add_unet_backbone(self, in_channels, cs)
         self.classifier = nn.Sequential(nn.Linear(cs[8], num_classes))
         self.point_transforms = nn.ModuleList([
             _linear_bn_relu(cs[0], cs[4]),
