@@ -28,6 +28,27 @@ def _quantize(coords, mins, strides, q):
 
 
 @njit(cache=True)
+def _quantize_checked(coords, mins, strides, q):
+    """Quantize ``coords`` into ``q``; returns (on_lattice, lexicographically_sorted)."""
+    lattice = True
+    ordered = True
+    for i in range(coords.shape[0]):
+        q[i, 0] = coords[i, 0] - mins[0]
+        for a in range(3):
+            r = coords[i, a + 1] - mins[a + 1]
+            if r % strides[a] != 0:
+                lattice = False
+            q[i, a + 1] = r // strides[a]
+        if i and ordered:
+            for a in range(4):
+                if q[i, a] != q[i - 1, a]:
+                    if q[i, a] < q[i - 1, a]:
+                        ordered = False
+                    break
+    return lattice, ordered
+
+
+@njit(cache=True)
 def _keys(q, dims, keys):
     """keys of quantized coords; returns True if non-decreasing."""
     ok = True
@@ -198,13 +219,11 @@ def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray
     if same:
         qo, order = table.q, table.perm
     else:
-        rel = out_coords[:, 1:].astype(np.int64) - table.mins[1:]
-        if (rel % st).any():
-            raise ValueError("output coordinates are not on the input stride lattice")
         qo = np.empty((M, 4), np.int64)
-        _quantize(out_coords, table.mins, st, qo)
-        keys = np.empty(M, np.int64)
-        if _keys(np.clip(qo, 0, None), table.dims, keys) and (qo >= 0).all():
+        lattice, ordered = _quantize_checked(out_coords, table.mins, st, qo)
+        if not lattice:
+            raise ValueError("output coordinates are not on the input stride lattice")
+        if ordered:
             order = np.arange(M, dtype=np.int64)
         else:
             # lexicographic order of the outputs (translation-invariant)
