@@ -267,7 +267,9 @@ class Trainer:
             last = epoch + 1 == self.max_epochs
             cm = None
             if last or (epoch + 1) % self.val_every == 0:
-                cm = self.validate(net, val_loader, device, num_classes, ignore)
+                # the unwrapped model: DDP's forward would broadcast buffers, a collective that a
+                # rank without val scans (the val shards are uneven) never joins
+                cm = self.validate(model, val_loader, device, num_classes, ignore)
                 miou = cm.miou(self.miou_convention)
                 if writer is not None:
                     writer.add_scalar("val/miou", miou, epoch + 1)

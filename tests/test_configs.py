@@ -1,0 +1,95 @@
+"""Every Hydra config composes and instantiates (model, data module, optimizer, scheduler, trainer)."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_train(overrides=()):
+    """Compose ``configs/train.yaml`` as ``tools/train.py`` would (``hydra:`` resolvers set)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def _instantiate_all(cfg, forward=False):
+    model = instantiate(cfg.model)
+    if forward:
+        assert model(_tiny_input()).shape == (7, cfg.dataset.num_classes)
+    dm = instantiate(cfg.dataset)
+    assert dm.num_classes == cfg.dataset.num_classes and len(dm.class_names) == dm.num_classes
+    opt = instantiate(cfg.optim.optimizer)(model.parameters())
+    sched = instantiate(cfg.optim.scheduler)(opt, total_steps=10)
+    trainer = instantiate(cfg.trainer)
+    assert trainer.max_epochs >= 1
+    return model, dm, opt, sched, trainer
+
+
+def _tiny_input():
+    from sparse3d import SparseTensor
+    g = torch.Generator().manual_seed(0)
+    coords = torch.zeros(7, 4, dtype=torch.int32)
+    coords[:, 1:] = torch.randperm(64, generator=g)[:7].view(-1, 1) * torch.tensor([1, 2, 3])
+    return SparseTensor(torch.randn(7, 4, generator=g), coords)
+
+
+def test_groups_exist():
+    for g in ("dataset", "model", "optim", "trainer", "experiment", "paths"):
+        assert _options(g), g
+    assert {"spvcnn", "minkunet"} <= set(_options("model"))
+    assert {"sgd", "adamw"} <= set(_options("optim"))
+    assert {"cpu", "ddp"} <= set(_options("trainer"))
+
+
+def test_default_config():
+    cfg = compose_train()
+    assert cfg.model._target_ == "sparse3d.models.spvnas.spvcnn.SPVCNN"
+    assert cfg.dataset._target_ == "sparse3d.datasets.kitti_module.SemanticKITTIDataModule"
+    assert cfg.optim.optimizer.lr == 0.24 and cfg.optim.optimizer.nesterov
+    assert cfg.optim.optimizer.momentum == 0.9 and cfg.optim.optimizer.weight_decay == 1e-4
+    assert Path(cfg.paths.data_dir).name == "data"
+    assert "outputs" in Path(cfg.paths.run_dir).parts
+    OmegaConf.to_yaml(cfg, resolve=True)  # everything resolves
+
+
+@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("dataset", _options("dataset"))
+def test_model_dataset_pairs(model, dataset):
+    cfg = compose_train([f"model={model}", f"dataset={dataset}", "model.cr=0.125"])
+    _instantiate_all(cfg, forward=True)
+
+
+@pytest.mark.parametrize("optim", _options("optim"))
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_optim_trainer(optim, trainer):
+    cfg = compose_train([f"optim={optim}", f"trainer={trainer}", "model=minkunet", "model.cr=0.125"])
+    model, _, opt, sched, tr = _instantiate_all(cfg)
+    assert type(opt).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[optim]
+    assert type(sched).__name__ == "CosineWarmupLR"
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiments(experiment):
+    cfg = compose_train([f"experiment={experiment}", "model.cr=0.125"])
+    model, dm, *_ = _instantiate_all(cfg)
+    if experiment.endswith("semantickitti"):
+        assert cfg.experiment_name == experiment
+        assert type(model).__name__ == {"spvcnn": "SPVCNN", "minkunet": "MinkUNet"}[experiment.split("_")[0]]
+        assert cfg.dataset.voxel_size == 0.05 and cfg.dataset.max_voxels == 80000
+        assert dm.synthetic is None and cfg.trainer.max_epochs == 15
