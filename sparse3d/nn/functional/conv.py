@@ -246,6 +246,43 @@ def _numba_weight_grad(x: torch.Tensor, g: torch.Tensor, km: KernelMap) -> torch
     return dw
 
 
+def _numba_ggs_backward(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, km: KernelMap):
+    """Input and weight gradients sharing one gather of ``grad_out`` (3 gathers instead of 4).
+
+    ``Go = g[gout]`` feeds both ``dX = scatter_T(Go @ w[k]^T)`` and ``dW[k] = x[gin]^T @ Go``.
+    """
+    from sparse3d.ops.conv.numba_cpu import gather_rows, scatter_rows
+    groups, ns, row0, gin, gout, pos, posT = _numba_plan(km)
+    _sync_threads()
+    R = gin.shape[0]
+    cin, cout = x.shape[1], g.shape[1]
+    wt = w.transpose(1, 2).contiguous()
+    Go = _workspace("grad_gather", R, cout, x.dtype)
+    gather_rows(_bits(g), gout, _bits(Go))
+    # weight gradient
+    dw = x.new_zeros((km.kernel_volume, cin, cout))
+    center = km.center >= 0 and km.sizes[km.center] == km.n_out == km.n_in
+    if center:
+        dw[km.center] = x.t() @ g
+    Gi = _workspace("gather", R, cin, x.dtype)
+    gather_rows(_bits(x), gin, _bits(Gi))
+    for ks, n, r0 in zip(groups, ns, row0):
+        m = len(ks)
+        dw[ks] = torch.bmm(Gi[r0:r0 + m * n].view(m, n, -1).transpose(1, 2), Go[r0:r0 + m * n].view(m, n, -1))
+    # input gradient
+    Y = _workspace("product", R, cin, x.dtype)
+    _grouped_mm(Go, wt, groups, ns, row0, Y)
+    if x.dtype in _HALF:
+        Yf = _workspace("product_f32", R, cin, torch.float32)
+        Yf.copy_(Y)
+        gx = (g @ wt[km.center]).float() if center else torch.empty((km.n_in, cin))
+        scatter_rows(Yf.numpy(), posT, gx.numpy(), center)
+        return gx.to(x.dtype), dw
+    gx = g @ wt[km.center] if center else torch.empty((km.n_in, cin), dtype=x.dtype)
+    scatter_rows(Y.numpy(), posT, gx.numpy(), center)
+    return gx, dw
+
+
 def _sync_threads() -> None:
     import numba
     nt = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -314,6 +351,10 @@ class Conv3dFunction(torch.autograd.Function):
         km, dataflow = ctx.km, ctx.dataflow
         grad_out = grad_out.contiguous()
         gx = gw = None
+        if (dataflow == "gather_gemm_scatter" and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+                and _numba_gather_ok(feats) and grad_out.dtype == feats.dtype == weight.dtype and km.num_pairs):
+            gx, gw = _numba_ggs_backward(feats, weight, grad_out, km)
+            return gx, gw, None, None
         if ctx.needs_input_grad[0]:
             gx = _forward(grad_out, weight.transpose(1, 2).contiguous(), km.transpose(), dataflow)
         if ctx.needs_input_grad[1]:
@@ -365,18 +406,23 @@ def conv3d(input: SparseTensor, weight: torch.Tensor, kernel_size: IntOr3 = 3, b
     if not isinstance(input, SparseTensor):
         raise TypeError(f"conv3d expects a SparseTensor, got {type(input).__name__}")
     ks, st, dil = triple(kernel_size, "kernel_size"), triple(stride, "stride"), triple(dilation, "dilation")
+    if ks == (1, 1, 1) and st == (1, 1, 1):
+        # pointwise: a plain GEMM on the same coordinates, no kernel map needed
+        if weight.dim() != 3 or weight.shape[0] != 1:
+            raise ValueError(f"weight must be [1, Cin, Cout] for kernel_size 1, got {tuple(weight.shape)}")
+        if input.feats.shape[1] != weight.shape[1]:
+            raise ValueError(f"feats have {input.feats.shape[1]} channels but weight expects Cin={weight.shape[1]}")
+        feats = input.feats @ weight[0].to(input.feats.dtype)
+        if bias is not None:
+            feats = feats + bias.to(feats.dtype)
+        return input.replace(feats)
     if transposed and st != (1, 1, 1):
         km, coords, out_stride = get_transposed_kernel_map(input, ks, st, dil)
     else:
         km, coords, out_stride = get_kernel_map(input, ks, st, dil)
         if transposed:
             km = km.transpose()
-    if ks == (1, 1, 1) and st == (1, 1, 1):
-        if weight.shape[0] != 1 or weight.dim() != 3:
-            raise ValueError(f"weight must be [1, Cin, Cout] for kernel_size 1, got {tuple(weight.shape)}")
-        feats = input.feats @ weight[0].to(input.feats.dtype)
-    else:
-        feats = sparse_conv(input.feats, weight, km, dataflow)
+    feats = sparse_conv(input.feats, weight, km, dataflow)
     if bias is not None:
         feats = feats + bias.to(feats.dtype)
     return SparseTensor(feats, coords, out_stride, cache=input._caches, check=False)
