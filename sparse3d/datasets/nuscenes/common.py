@@ -9,6 +9,8 @@ import hashlib
 
 import numpy as np
 
+from ...utils.geometry import rot_x, rot_y, rot_z  # noqa: F401  (re-exported)
+
 __all__ = [
     "CATEGORIES", "CATEGORY_INDEX", "DETECTION_CLASSES", "ATTRIBUTES", "VISIBILITY_LEVELS", "CAMERAS",
     "LIDAR", "TABLES", "MAP_LAYERS", "MAP_CLASSES", "LOCATIONS", "CLASS_COLORS", "SHADES",
@@ -77,19 +79,6 @@ def yaw_quaternion(yaw: float) -> list[float]:
     return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
 
 
-def rot_z(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def rot_y(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
 def transform(rotation: np.ndarray, translation) -> np.ndarray:

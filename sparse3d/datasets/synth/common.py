@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...utils.geometry import rot_x, rot_y, rot_z  # noqa: F401  (re-exported)
+
 __all__ = ["CAR", "BICYCLE", "MOTORCYCLE", "TRUCK", "OTHER_VEHICLE", "PERSON", "BICYCLIST", "MOTORCYCLIST",
            "ROAD", "PARKING", "SIDEWALK", "OTHER_GROUND", "BUILDING", "FENCE", "VEGETATION", "TRUNK",
            "TERRAIN", "POLE", "TRAFFIC_SIGN", "SYNTH_RAW_IDS", "THING_IDS", "rot_x", "rot_y", "rot_z"]
@@ -22,16 +24,3 @@ SYNTH_RAW_IDS = (CAR, BICYCLE, MOTORCYCLE, TRUCK, OTHER_VEHICLE, PERSON, BICYCLI
 THING_IDS = (CAR, BICYCLE, MOTORCYCLE, TRUCK, OTHER_VEHICLE, PERSON, BICYCLIST, MOTORCYCLIST)
 
 
-def rot_z(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def rot_y(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
