@@ -14,7 +14,7 @@ from ... import nn as spnn
 from ...tensor import SparseTensor
 from .blocks import BasicConvolutionBlock, BasicDeconvolutionBlock, ResidualBlock, sparse_cat
 
-__all__ = ["add_unet_backbone", "MinkUNet", "minkunet_channels"]
+__all__ = ["add_unet_backbone", "init_batchnorm", "MinkUNet", "minkunet_channels"]
 
 BASE_CHANNELS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 
@@ -27,6 +27,14 @@ def minkunet_channels(cr: float = 1.0) -> List[int]:
     if min(cs) < 1:
         raise ValueError(f"cr={cr} gives a zero-width layer: {cs}")
     return cs
+
+
+def init_batchnorm(module: nn.Module) -> None:
+    """spvnas init: every BatchNorm weight 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 def add_unet_backbone(module: nn.Module, in_channels: int, cs: List[int]) -> None:
@@ -88,10 +96,7 @@ class MinkUNet(nn.Module):
         self.weight_initialization()
 
     def weight_initialization(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_batchnorm(self)
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
         if not isinstance(x, SparseTensor):

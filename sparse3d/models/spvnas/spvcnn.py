@@ -14,7 +14,7 @@ from torch import nn
 from ...nn.functional import initial_voxelize, point_to_voxel, voxel_to_point
 from ...tensor import PointTensor, SparseTensor
 from .blocks import sparse_cat
-from .minkunet import add_unet_backbone, minkunet_channels
+from .minkunet import add_unet_backbone, init_batchnorm, minkunet_channels
 
 __all__ = ["SPVCNN"]
 
@@ -75,10 +75,7 @@ class SPVCNN(nn.Module):
         self.weight_initialization()
 
     def weight_initialization(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_batchnorm(self)
 
     def _up(self, j: int, y: SparseTensor, skip: SparseTensor) -> SparseTensor:
         up = getattr(self, f"up{j}")
