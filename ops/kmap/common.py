@@ -39,9 +39,7 @@ def pack_params(coords: torch.Tensor, stride: Sequence[int]) -> PackParams:
     """Packing box of ``coords [N, 4]``. Raises ``ValueError`` if keys would not fit in int64."""
     if coords.shape[0] == 0:
         return PackParams((0, 0, 0, 0), (1, 1, 1, 1), tuple(stride))
-    c = coords.long()
-    mn = c.min(0).values.tolist()
-    mx = c.max(0).values.tolist()
+    mn, mx = (v.tolist() for v in torch.aminmax(coords, dim=0))
     st = (1, *stride)
     dims = tuple((mx[a] - mn[a]) // st[a] + 1 for a in range(4))
     vol = 1
