@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["conv_pairs", "conv_weight_grad", "conv_bruteforce"]
+__all__ = ["conv_pairs", "conv_bruteforce"]
 
 
 def conv_pairs(x: torch.Tensor, w: torch.Tensor, in_idx: torch.Tensor, out_idx: torch.Tensor,
@@ -29,18 +29,6 @@ def conv_pairs(x: torch.Tensor, w: torch.Tensor, in_idx: torch.Tensor, out_idx: 
             out.index_add_(0, o, x.index_select(0, i) @ w[k])
         s += n
     return out
-
-
-def conv_weight_grad(x: torch.Tensor, g: torch.Tensor, in_idx: torch.Tensor, out_idx: torch.Tensor,
-                     sizes: Sequence[int]) -> torch.Tensor:
-    """``dW[k] = x[in_k]^T @ g[out_k]``; x ``[N, Cin]``, g ``[M, Cout]`` -> ``[K, Cin, Cout]``."""
-    dw = x.new_zeros((len(sizes), x.shape[1], g.shape[1]))
-    s = 0
-    for k, n in enumerate(sizes):
-        if n:
-            dw[k] = x.index_select(0, in_idx[s:s + n]).t() @ g.index_select(0, out_idx[s:s + n])
-        s += n
-    return dw
 
 
 def conv_bruteforce(in_coords: torch.Tensor, x: torch.Tensor, out_coords: torch.Tensor, w: torch.Tensor,

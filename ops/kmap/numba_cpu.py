@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["HashTable", "build_table", "query_nbmap", "nbmap_to_pairs", "downsample_unique", "hash_lookup"]
+__all__ = ["HashTable", "query_nbmap", "downsample_unique", "hash_lookup"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = -1
@@ -96,10 +96,6 @@ class HashTable:
                            out_coords, offsets, symmetric)
 
 
-def build_table(coords: np.ndarray, mins, dims, strides) -> HashTable:
-    return HashTable(coords, mins, dims, strides)
-
-
 @njit(cache=True, parallel=True)
 def _query(table, bits, mins, dims, strides, out, offsets, symmetric, nbmap):
     M = out.shape[0]
@@ -136,46 +132,6 @@ def query_nbmap(table, bits, mins, dims, strides, out_coords, offsets, symmetric
     if M:
         _query(table, np.int64(bits), mins, dims, strides, out_coords, offsets.astype(np.int64), symmetric, nbmap)
     return nbmap
-
-
-@njit(cache=True, parallel=True)
-def _pairs(nbmap, sizes, starts, in_idx, out_idx):
-    M, K = nbmap.shape
-    for k in prange(K):
-        p = starts[k]
-        for j in range(M):
-            i = nbmap[j, k]
-            if i >= 0:
-                in_idx[p] = i
-                out_idx[p] = j
-                p += 1
-
-
-@njit(cache=True, parallel=True)
-def _count(nbmap, counts):
-    M, K = nbmap.shape
-    for k in prange(K):
-        c = 0
-        for j in range(M):
-            if nbmap[j, k] >= 0:
-                c += 1
-        counts[k] = c
-
-
-def nbmap_to_pairs(nbmap: np.ndarray):
-    """Offset-grouped pair lists: ``(in_idx [P], out_idx [P], sizes [K])`` int64."""
-    M, K = nbmap.shape
-    sizes = np.zeros(K, dtype=np.int64)
-    if M:
-        _count(nbmap, sizes)
-    starts = np.zeros(K, dtype=np.int64)
-    starts[1:] = np.cumsum(sizes)[:-1]
-    P = int(sizes.sum())
-    in_idx = np.empty(P, dtype=np.int64)
-    out_idx = np.empty(P, dtype=np.int64)
-    if P:
-        _pairs(nbmap, sizes, starts, in_idx, out_idx)
-    return in_idx, out_idx, sizes
 
 
 @njit(cache=True)
