@@ -43,6 +43,11 @@ def build_dataset(datamodule, split: str, sequences) -> SemanticKITTI:
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
+    """Segmentation evaluation (this file's options), or the experiment's ``eval_fn`` (a dotted path
+    called with the config, e.g. ``sparse3d.evaluation.calo.evaluate``)."""
+    if cfg.get("eval_fn"):
+        from hydra.utils import get_method
+        return get_method(str(cfg.eval_fn))(cfg)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else

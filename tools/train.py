@@ -24,7 +24,9 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from sparse3d.engine import distributed as D  # noqa: E402
-from sparse3d.engine import format_iou_table, seed_everything  # noqa: E402
+from hydra.utils import get_method  # noqa: E402
+
+from sparse3d.engine import seed_everything  # noqa: E402
 
 
 def find_resume(cfg: DictConfig) -> Optional[Path]:
@@ -43,7 +45,13 @@ def find_resume(cfg: DictConfig) -> Optional[Path]:
 
 
 def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Compose -> instantiate -> fit; returns the trainer's result dict (rank 0 prints the table)."""
+    """Compose -> instantiate -> fit; returns the trainer's result dict (rank 0 prints the table).
+
+    An experiment whose method has no gradient training (e.g. CLUE's parameter search) names its own
+    entry point in ``fit_fn`` (a dotted path, called with the config); otherwise the ``task`` group
+    says what the generic trainer optimizes and validates."""
+    if cfg.get("fit_fn"):
+        return get_method(str(cfg.fit_fn))(cfg)
     D.init_distributed()
     try:
         rank, main = D.get_rank(), D.is_main_process()
@@ -59,6 +67,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         if D.is_distributed():
             seed_everything(int(cfg.seed) + rank)  # same init (DDP broadcasts rank 0's), distinct augmentation
         trainer = instantiate(cfg.trainer)
+        task = instantiate(cfg.task)
         scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
         if main:
             n = sum(p.numel() for p in model.parameters())
@@ -66,11 +75,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         t0 = time.perf_counter()
         result = trainer.fit(model, instantiate(cfg.optim.optimizer), datamodule, cfg.paths.run_dir,
                              scheduler=scheduler, resume=resume, cfg_yaml=cfg_yaml,
-                             class_names=datamodule.class_names)
-        if main and "confusion" in result:
-            print(f"\nval after {result['epoch']} epochs ({time.perf_counter() - t0:.0f} s, "
-                  f"{trainer.eval_level} level):")
-            print(format_iou_table(result["confusion"], datamodule.class_names))
+                             class_names=datamodule.class_names, task=task)
+        if main and result.get("monitor") in result:
+            print(f"\nval after {result['epoch']} epochs ({time.perf_counter() - t0:.0f} s):")
+            print(task.format_result(result, datamodule.class_names))
             print(f"checkpoints: {Path(cfg.paths.run_dir) / 'checkpoints'}", flush=True)
         return result
     finally:

@@ -1,13 +1,15 @@
-r"""Segmentation trainer: SGD/AdamW, per-step cosine-warmup schedule, gradient clipping, AMP,
-atomic checkpoints with exact resume, TensorBoard scalars, tqdm bars, DDP (``torchrun``).
+r"""Generic trainer: SGD/AdamW, per-step cosine-warmup schedule, gradient clipping, AMP, atomic
+checkpoints with exact resume, TensorBoard scalars, tqdm bars, DDP (``torchrun``).
 
-The trainer gets already-built pieces (model, optimizer/scheduler factories, a data module) so
-it knows nothing about Hydra; ``tools/train.py`` composes and instantiates them.
+The trainer gets already-built pieces (model, optimizer/scheduler factories, a data module and a
+task) so it knows nothing about Hydra; ``tools/train.py`` composes and instantiates them. What a
+step computes and how validation scores the model belong to the task (:mod:`sparse3d.engine.tasks`):
+segmentation by default, calorimeter clustering and BEVFusion detection through their own tasks.
 
-Loss normalization: the cross-entropy is summed over the non-ignored voxels of the local batch
-and divided by their count over *all* ranks (times the world size, which DDP's gradient
-averaging divides out). One DDP step therefore has exactly the gradient of a single-process
-step on the union of the ranks' batches, even when the ranks hold different voxel counts.
+Loss normalization is the task's: e.g. the segmentation cross-entropy is summed over the
+non-ignored voxels of the local batch and divided by their count over *all* ranks (times the world
+size, which DDP's gradient averaging divides out), so one DDP step has exactly the gradient of a
+single-process step on the union of the ranks' batches.
 """
 from __future__ import annotations
 
@@ -21,48 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics.segmentation import ConfusionMatrix
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .seed import get_rng_state, set_rng_state
+from .tasks.segmentation import SegmentationTask, format_iou_table, segmentation_loss
 
 __all__ = ["Trainer", "segmentation_loss", "format_iou_table"]
-
-
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
-                      world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Globally normalized cross-entropy.
-
-    Args:
-        logits: ``[N, C]`` float. targets: ``[N]`` int64 (``ignore_index`` dropped).
-        world_size: number of DDP ranks; the valid count is summed over ranks.
-
-    Returns:
-        ``(loss, n_valid_local)``: ``loss = sum_CE_local * world_size / n_valid_global`` (the plain
-        mean when not distributed; 0 when no target is valid anywhere).
-    """
-    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"logits must be [N, C] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
-    loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
-    n_valid = (targets != ignore_index).sum()
-    n_global = D.all_reduce_sum(n_valid) if world_size > 1 else n_valid
-    return loss_sum * world_size / n_global.clamp(min=1).to(loss_sum.dtype), n_valid
-
-
-def format_iou_table(cm: ConfusionMatrix, class_names: Optional[Sequence[str]] = None) -> str:
-    """Per-class IoU table plus mIoU under both conventions (absent classes marked)."""
-    tp, fp, fn = cm.stats()
-    iou = cm.iou()
-    names = list(class_names) if class_names else [str(i) for i in range(cm.num_classes)]
-    w = max(12, max(len(n) for n in names))
-    lines = [f"{'class':<{w}}  {'IoU':>7}  {'points':>10}"]
-    for i, n in enumerate(names):
-        absent = int(tp[i] + fp[i] + fn[i]) == 0
-        lines.append(f"{n:<{w}}  {'absent' if absent else f'{100 * float(iou[i]):6.2f}%':>7}  {int(tp[i] + fn[i]):>10}")
-    lines.append(f"mIoU (all {cm.num_classes} classes, absent = 0; semantic-kitti-api): {100 * cm.miou('semantickitti'):.2f}%")
-    lines.append(f"mIoU (present classes only; nuScenes nanmean): {100 * cm.miou('nuscenes'):.2f}%")
-    lines.append(f"accuracy: {100 * cm.accuracy():.2f}%")
-    return "\n".join(lines)
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
@@ -80,9 +46,8 @@ class Trainer:
         device: ``"auto"`` (cuda:LOCAL_RANK if available, else cpu), ``"cpu"`` or ``"cuda"``.
         num_threads: ``torch.set_num_threads`` per process (None: leave as is).
         deterministic: ``sparse3d.set_deterministic`` (fixed conv dataflow, ordered scatters).
-        miou_convention: ``"semantickitti"`` or ``"nuscenes"``; selects ``best.pt``.
-        eval_level: ``"point"`` (voxel predictions mapped back to every point through
-            ``lidar_inverse``) or ``"voxel"``.
+        miou_convention, eval_level: settings of the default :class:`SegmentationTask` used when
+            ``fit`` gets no ``task`` (see there).
         log_every: TensorBoard train scalars every this many steps.
         val_every: validate every this many epochs (and always after the last one).
         progress: tqdm bars (rank 0 only).
@@ -139,9 +104,10 @@ class Trainer:
     def fit(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], datamodule: Any,
             run_dir: str | Path, scheduler: Optional[Callable[..., Any]] = None,
             resume: Optional[str | Path] = None, cfg_yaml: str = "",
-            class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-        """Train ``model``; returns ``{"miou", "iou", "best_miou", "epoch", "global_step", "seconds",
-        "confusion"}`` from the last validation.
+            class_names: Optional[Sequence[str]] = None, task: Any = None) -> Dict[str, Any]:
+        """Train ``model``; returns the last validation's result (the task's keys, e.g. ``miou``, ``iou``,
+        ``confusion`` for segmentation) plus ``best_miou`` (best monitored value), ``epoch``,
+        ``global_step``, ``seconds`` and ``monitor`` (the task's monitored key).
 
         Args:
             optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
@@ -152,6 +118,9 @@ class Trainer:
             resume: a checkpoint path to continue from (model, optimizer, scheduler, scaler,
                 epoch/step, best mIoU and RNG states).
             cfg_yaml: resolved config, stored in every checkpoint.
+            task: see :mod:`sparse3d.engine.tasks`; None = :class:`SegmentationTask` with the
+                datamodule's ``num_classes``/``ignore_index`` and this trainer's ``miou_convention``
+                and ``eval_level``.
         """
         import sparse3d
         if self.num_threads:
@@ -163,7 +132,10 @@ class Trainer:
         device = self._device()
         run_dir = Path(run_dir)
         ckpt_dir = run_dir / "checkpoints"
-        num_classes, ignore = int(datamodule.num_classes), int(datamodule.ignore_index)
+        if task is None:
+            task = SegmentationTask(int(datamodule.num_classes), int(datamodule.ignore_index),
+                                    self.miou_convention, self.eval_level)
+        monitor = str(task.monitor)
 
         model = model.to(device)
         if distributed and self.sync_bn:
@@ -202,7 +174,8 @@ class Trainer:
             best = float(state.get("best_miou", -math.inf))
             rng_to_restore = state.get("rng")
             if main:
-                print(f"resumed from {resume}: epoch {start_epoch}, step {global_step}, best mIoU {best:.4f}", flush=True)
+                print(f"resumed from {resume}: epoch {start_epoch}, step {global_step}, best {monitor} {best:.4f}",
+                      flush=True)
 
         writer = None
         if self.tensorboard and main:
@@ -220,7 +193,8 @@ class Trainer:
         from tqdm import tqdm
         if rng_to_restore is not None:
             set_rng_state(rng_to_restore)
-        result: Dict[str, Any] = {"best_miou": best, "epoch": start_epoch, "global_step": global_step}
+        result: Dict[str, Any] = {"best_miou": best, "epoch": start_epoch, "global_step": global_step,
+                                  "monitor": monitor}
         t_start = time.perf_counter()
         for epoch in range(start_epoch, self.max_epochs):
             net.train()
@@ -231,13 +205,12 @@ class Trainer:
             run_loss, run_n = 0.0, 0
             for batch in bar:
                 batch = _to_device(batch, device)
-                x, y = batch["lidar"], batch["targets"]
                 with self._autocast(device):
-                    logits = net(x)
-                loss, n_valid = segmentation_loss(logits, y, ignore, world)
+                    loss, logs = task.training_step(net, batch, world)
                 if not torch.isfinite(loss):
+                    ids = next((batch[k] for k in ("scan_id", "event_id", "token") if k in batch), None)
                     raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {global_step}, "
-                                             f"scans {batch.get('scan_id')}")
+                                             f"samples {ids}")
                 lr = opt.param_groups[0]["lr"]  # the lr this step uses
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -261,33 +234,36 @@ class Trainer:
                 if writer is not None and global_step % self.log_every == 0:
                     writer.add_scalar("train/loss", loss_value, global_step)
                     writer.add_scalar("train/lr", lr, global_step)
+                    for k, v in (logs or {}).items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(f"train/{k}", float(v), global_step)
             bar.close()
             if writer is not None:
                 writer.add_scalar("train/epoch_loss", run_loss / max(1, run_n), epoch + 1)
             last = epoch + 1 == self.max_epochs
-            cm = None
             if last or (epoch + 1) % self.val_every == 0:
                 # the unwrapped model: DDP's forward would broadcast buffers, a collective that a
                 # rank without val scans (the val shards are uneven) never joins
-                cm = self.validate(model, val_loader, device, num_classes, ignore)
-                miou = cm.miou(self.miou_convention)
+                val = self.validate(model, val_loader, device, task)
+                score = float(val[monitor])
                 if writer is not None:
-                    writer.add_scalar("val/miou", miou, epoch + 1)
-                    writer.add_scalar("val/miou_semantickitti", cm.miou("semantickitti"), epoch + 1)
-                    writer.add_scalar("val/miou_present", cm.miou("nuscenes"), epoch + 1)
-                    writer.add_scalar("val/accuracy", cm.accuracy(), epoch + 1)
-                    names = class_names or [str(i) for i in range(num_classes)]
-                    for name, v in zip(names, cm.iou().tolist()):
-                        writer.add_scalar(f"val/iou/{name}", v, epoch + 1)
+                    names = class_names or []
+                    for k, v in val.items():
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            writer.add_scalar(f"val/{k}", float(v), epoch + 1)
+                        elif k == "iou" and torch.is_tensor(v) and v.ndim == 1:
+                            for i, x in enumerate(v.tolist()):
+                                writer.add_scalar(f"val/iou/{names[i] if i < len(names) else i}", x, epoch + 1)
                 if main:
+                    extra = getattr(task, "miou_convention", None)
                     print(f"epoch {epoch + 1}/{self.max_epochs}: train loss {run_loss / max(1, run_n):.4f}, "
-                          f"val mIoU ({self.miou_convention}) {100 * miou:.2f}%, "
+                          f"val {monitor}{f' ({extra})' if extra else ''} {100 * score:.2f}%, "
                           f"{time.perf_counter() - t_start:.0f} s", flush=True)
-                self.history.append({"epoch": epoch + 1, "loss": run_loss / max(1, run_n), "miou": miou,
+                self.history.append({"epoch": epoch + 1, "loss": run_loss / max(1, run_n), monitor: score,
                                      "seconds": time.perf_counter() - t_start})
-                improved = miou > best
-                best = max(best, miou)
-                result.update(miou=miou, iou=cm.iou(), confusion=cm)
+                improved = score > best
+                best = max(best, score)
+                result.update(val)
             else:
                 improved = False
             if main:
@@ -308,23 +284,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
-    def validate(self, net: nn.Module, loader: Any, device: torch.device, num_classes: int,
-                 ignore_index: int = 255) -> ConfusionMatrix:
-        """Confusion matrix on ``loader`` (summed over ranks). Point level maps every point to its
-        voxel's prediction through ``lidar_inverse`` and scores ``targets_mapped``."""
-        net.eval()
-        cm = ConfusionMatrix(num_classes, ignore_index)
+    def validate(self, net: nn.Module, loader: Any, device: torch.device, task: Any) -> Dict[str, Any]:
+        """``task.validate`` on ``loader`` with the model in eval mode (restored to train mode after), a
+        progress bar on rank 0 and this trainer's autocast."""
         from tqdm import tqdm
-        for batch in tqdm(loader, desc="val", disable=not (self.progress and D.is_main_process()),
-                          dynamic_ncols=True, leave=False):
-            batch = _to_device(batch, device)
+        net.eval()
+        try:
+            bar = tqdm(_DeviceLoader(loader, device), desc="val", total=len(loader) if hasattr(loader, "__len__") else None,
+                       disable=not (self.progress and D.is_main_process()), dynamic_ncols=True, leave=False)
             with self._autocast(device):
-                logits = net(batch["lidar"])
-            pred = logits.argmax(1)
-            if self.eval_level == "point" and "lidar_inverse" in batch and "targets_mapped" in batch:
-                cm.update(pred[batch["lidar_inverse"]], batch["targets_mapped"])
-            else:
-                cm.update(pred, batch["targets"])
-        cm.all_reduce()
-        net.train()
-        return cm
+                return task.validate(net, bar, device)
+        finally:
+            net.train()
+
+
+class _DeviceLoader:
+    """Iterates a loader and moves each batch to ``device``."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield _to_device(batch, self.device)
