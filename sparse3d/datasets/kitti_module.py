@@ -16,13 +16,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..engine import distributed as D
 from ..engine.seed import seed_worker
 from ..utils.collate import sparse_collate_fn
-from .semantic_kitti import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI
+from .semantic_kitti import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI, raw_to_train, read_labels
 from .synthetic_lidar import ensure_synthetic_kitti
 from .transforms import Compose, RandomFlip, RandomJitter, RandomRotateZ, RandomScale, Voxelize
 
@@ -142,6 +143,20 @@ class SemanticKITTIDataModule:
     def val_dataset(self) -> SemanticKITTI:
         self.prepare_data()
         return SemanticKITTI(self.root, sequences=self._sequences("val"), transform=self.val_transform())
+
+    def class_counts(self) -> np.ndarray:
+        """``[num_classes]`` int64 point counts of the training labels (ignored points left out); read
+        from the label files once and cached."""
+        if getattr(self, "_class_counts", None) is None:
+            ds = SemanticKITTI(self.root, sequences=self._sequences("train")) if self.prepare_data() else None
+            counts = np.zeros(self.num_classes, np.int64)
+            for _, _, label_path in ds.scans:
+                sem, _ = read_labels(label_path)
+                t = raw_to_train(sem, str(label_path))
+                t = t[t != self.ignore_index]
+                counts += np.bincount(t, minlength=self.num_classes)[: self.num_classes]
+            self._class_counts = counts
+        return self._class_counts
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds, batch_size: int, sampler: Sampler) -> DataLoader:

@@ -136,6 +136,8 @@ class Trainer:
             task = SegmentationTask(int(datamodule.num_classes), int(datamodule.ignore_index),
                                     self.miou_convention, self.eval_level)
         monitor = str(task.monitor)
+        if hasattr(task, "setup"):
+            task.setup(datamodule)
 
         model = model.to(device)
         if distributed and self.sync_bn:
