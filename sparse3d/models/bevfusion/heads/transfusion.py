@@ -1,0 +1,340 @@
+r"""TransFusion detection head (Bai et al., "TransFusion: Robust LiDAR-Camera Fusion for 3D Object Detection with
+Transformers", CVPR 2022, https://arxiv.org/abs/2203.11496), as used by BEVFusion — one decoder layer.
+
+Pipeline: shared 3x3 conv -> class heatmap -> local maxima (3x3 max-pool NMS; kernel 1 for small classes) ->
+top-K proposals over all classes -> query = BEV feature at the proposal + class embedding -> one transformer
+decoder layer (self-attention among queries, cross-attention to the whole BEV map, FFN; learned positional
+embeddings of BEV cell coordinates) -> per-query branches: center (2, offset added to the proposal cell centre),
+height (1), log dims (3), rot (sin, cos), vel (2), class logits (C).
+
+Conventions (see ``box_coder.py``): BEV input ``[B, C, X, Y]`` (dim 2 = LiDAR x), flattened index ``ix * Y + iy``,
+query positions in cell units ``(ix + 0.5, iy + 0.5)``; boxes ``(x, y, z, l, w, h, yaw, vx, vy)`` with centre ``z``.
+Differences from upstream, on purpose: the query labels are returned in the prediction dict instead of being
+kept as module state; the heatmap target is ``[C, X, Y]`` with no axis swap (upstream swaps, valid only for square
+grids); border cells can be local maxima; the small-class indices are an argument (upstream hard-codes 8, 9 of
+its own class order); input channels and grid size are checked against the configuration.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .assigner import HungarianAssigner3D
+from .box_coder import TransFusionBBoxCoder
+from .gaussian import draw_heatmap_gaussian, gaussian_radius
+from .losses import clip_sigmoid, gaussian_focal_loss, sigmoid_focal_loss, weighted_l1_loss
+
+__all__ = ["TransFusionHead", "TransformerDecoderLayer", "PositionEmbeddingLearned", "PredictionHead"]
+
+HEAD_KEYS = ("center", "height", "dim", "rot", "vel")
+
+
+class PositionEmbeddingLearned(nn.Module):
+    """Learned embedding of 2D positions: ``xy [B, P, 2] -> [B, F, P]`` (Conv1d-BN-ReLU-Conv1d)."""
+
+    def __init__(self, in_channels: int = 2, num_pos_feats: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(in_channels, num_pos_feats, 1), nn.BatchNorm1d(num_pos_feats),
+                                 nn.ReLU(inplace=True), nn.Conv1d(num_pos_feats, num_pos_feats, 1))
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        return self.net(xy.transpose(1, 2).contiguous())
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Post-norm decoder layer with positional embeddings added to queries and keys (upstream layout).
+
+    ``forward(query [B, C, Pq], key [B, C, Pk], query_pos [B, Pq, 2], key_pos [B, Pk, 2]) -> [B, C, Pq]``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int = 8, ffn_channels: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, ffn_channels)
+        self.linear2 = nn.Linear(ffn_channels, d_model)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout, self.dropout1 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.self_posembed = PositionEmbeddingLearned(2, d_model)
+        self.cross_posembed = PositionEmbeddingLearned(2, d_model)
+
+    def forward(self, query, key, query_pos, key_pos):
+        q_embed = self.self_posembed(query_pos).transpose(1, 2)  # [B, Pq, C]
+        k_embed = self.cross_posembed(key_pos).transpose(1, 2)  # [B, Pk, C]
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
+        q = query + q_embed
+        query = self.norm1(query + self.dropout1(self.self_attn(q, q, q, need_weights=False)[0]))
+        k = key + k_embed
+        query = self.norm2(query + self.dropout2(self.cross_attn(query + q_embed, k, k, need_weights=False)[0]))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(query))))
+        query = self.norm3(query + self.dropout3(ffn))
+        return query.transpose(1, 2)
+
+
+class PredictionHead(nn.Module):
+    """Per-query branches (upstream ``SeparateHead`` with Conv1d): ``[B, C, P] -> {name: [B, out, P]}``."""
+
+    def __init__(self, in_channels: int, heads: dict, head_channels: int = 64, heatmap_bias: float = -2.19):
+        super().__init__()
+        self.names = list(heads)
+        for name, out in heads.items():
+            branch = nn.Sequential(nn.Conv1d(in_channels, head_channels, 1, bias=False), nn.BatchNorm1d(head_channels),
+                                   nn.ReLU(inplace=True), nn.Conv1d(head_channels, out, 1))
+            if name == "heatmap":
+                nn.init.constant_(branch[-1].bias, heatmap_bias)
+            self.add_module(name, branch)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {name: getattr(self, name)(x) for name in self.names}
+
+
+class TransFusionHead(nn.Module):
+    """TransFusion head with one decoder layer.
+
+    Args:
+        in_channels: channels of the BEV input ``[B, in_channels, X, Y]``.
+        num_classes: detection classes (nuScenes: 10, in ``DETECTION_CLASSES`` order).
+        num_proposals: queries per sample (upstream 200; tiny 30–50).
+        hidden_channels: query / shared-conv width (upstream 128; tiny 64).
+        num_heads, ffn_channels, dropout: decoder layer (upstream 8, 256, 0.1).
+        head_channels: hidden width of each prediction branch (upstream 64).
+        nms_kernel_size: odd max-pool kernel for local maxima (upstream 3).
+        nms_exempt_classes: class indices with kernel 1 (every cell a candidate); default ``(5, 8)`` =
+            pedestrian, traffic_cone in ``DETECTION_CLASSES`` order. Pass ``()`` for other class sets.
+        bbox_coder: :class:`TransFusionBBoxCoder` of the BEV grid (required; fixes ``X, Y``).
+        assigner: :class:`HungarianAssigner3D` (default: upstream costs over ``bbox_coder.pc_range``).
+        code_weights: 10 L1 weights of (cx, cy, z, log l, log w, log h, sin, cos, vx, vy).
+        loss_cls_weight, loss_bbox_weight, loss_heatmap_weight: upstream 1.0, 0.25, 1.0.
+        focal_alpha, focal_gamma: classification focal loss (0.25, 2).
+        gaussian_overlap, min_radius: heatmap target (0.1, 2).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
+                 hidden_channels: int = 128, num_heads: int = 8, ffn_channels: int = 256, dropout: float = 0.1,
+                 head_channels: int = 64, nms_kernel_size: int = 3, nms_exempt_classes: Sequence[int] = (5, 8), *,
+                 bbox_coder: TransFusionBBoxCoder, assigner: HungarianAssigner3D | None = None,
+                 code_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
+                 loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
+                 min_radius: int = 2):
+        super().__init__()
+        if not isinstance(bbox_coder, TransFusionBBoxCoder):
+            raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
+        for name, v in (("in_channels", in_channels), ("num_classes", num_classes),
+                        ("num_proposals", num_proposals), ("hidden_channels", hidden_channels)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v}")
+        if hidden_channels % num_heads:
+            raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by num_heads ({num_heads})")
+        if nms_kernel_size < 1 or nms_kernel_size % 2 == 0:
+            raise ValueError(f"nms_kernel_size must be a positive odd int, got {nms_kernel_size}")
+        exempt = [int(c) for c in nms_exempt_classes]
+        if any(c < 0 or c >= num_classes for c in exempt):
+            raise ValueError(f"nms_exempt_classes {exempt} must lie in [0, num_classes={num_classes})")
+        if len(code_weights) != TransFusionBBoxCoder.code_size:
+            raise ValueError(f"code_weights must have 10 values, got {len(code_weights)}")
+        self.in_channels, self.num_classes, self.num_proposals = in_channels, num_classes, num_proposals
+        self.nms_kernel_size, self.nms_exempt_classes = nms_kernel_size, exempt
+        self.bbox_coder = bbox_coder
+        self.assigner = assigner if assigner is not None else HungarianAssigner3D(bbox_coder.pc_range)
+        self.register_buffer("code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False)
+        self.loss_cls_weight, self.loss_bbox_weight = loss_cls_weight, loss_bbox_weight
+        self.loss_heatmap_weight = loss_heatmap_weight
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.gaussian_overlap, self.min_radius = gaussian_overlap, int(min_radius)
+
+        self.shared_conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        self.heatmap_head = nn.Sequential(
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1, bias=False), nn.BatchNorm2d(hidden_channels),
+            nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, num_classes, 3, padding=1))
+        nn.init.constant_(self.heatmap_head[-1].bias, -2.19)
+        self.class_encoding = nn.Conv1d(num_classes, hidden_channels, 1)
+        self.decoder = TransformerDecoderLayer(hidden_channels, num_heads, ffn_channels, dropout)
+        for p in self.decoder.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        heads = dict(center=2, height=1, dim=3, rot=2, vel=2, heatmap=num_classes)
+        self.prediction_head = PredictionHead(hidden_channels, heads, head_channels)
+
+    # ------------------------------------------------------------------ forward
+    @staticmethod
+    def bev_pos(size_x: int, size_y: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """``[1, X*Y, 2]`` cell-centre coordinates ``(ix + 0.5, iy + 0.5)`` in flattening order ``ix * Y + iy``."""
+        gx, gy = torch.meshgrid(torch.arange(size_x, device=device, dtype=dtype),
+                                torch.arange(size_y, device=device, dtype=dtype), indexing="ij")
+        return torch.stack([gx, gy], -1).reshape(1, -1, 2) + 0.5
+
+    def forward(self, bev: torch.Tensor) -> dict:
+        """Predict boxes for a BEV map.
+
+        Args:
+            bev: ``[B, in_channels, X, Y]`` float, ``(X, Y) == bbox_coder.grid_size``.
+        Returns:
+            dict with ``center [B, 2, P]`` (cell units), ``height [B, 1, P]``, ``dim [B, 3, P]`` (log),
+            ``rot [B, 2, P]`` (sin, cos), ``vel [B, 2, P]``, ``heatmap [B, C, P]`` (class logits),
+            ``query_heatmap_score [B, C, P]`` (local-max heatmap at the proposals), ``query_labels [B, P]`` int64,
+            ``query_pos [B, P, 2]`` and ``dense_heatmap [B, C, X, Y]`` (logits); ``P = min(num_proposals, C*X*Y)``.
+        """
+        if not isinstance(bev, torch.Tensor) or bev.ndim != 4:
+            raise ValueError(f"bev must be a [B, C, X, Y] tensor, got {getattr(bev, 'shape', type(bev))}")
+        if bev.shape[1] != self.in_channels:
+            raise ValueError(f"bev has {bev.shape[1]} channels but the head was built with "
+                             f"in_channels={self.in_channels}")
+        if tuple(bev.shape[2:]) != self.bbox_coder.grid_size:
+            raise ValueError(f"bev grid {tuple(bev.shape[2:])} does not match bbox_coder.grid_size "
+                             f"{self.bbox_coder.grid_size} (pc_range / (voxel_size * out_size_factor))")
+        batch, _, size_x, size_y = bev.shape
+        feat = self.shared_conv(bev)
+        flat = feat.flatten(2)  # [B, H, X*Y]
+        bev_pos = self.bev_pos(size_x, size_y, bev.device, feat.dtype).expand(batch, -1, -1)
+
+        dense_heatmap = self.heatmap_head(feat)
+        heat = dense_heatmap.detach().sigmoid()
+        pad = self.nms_kernel_size // 2
+        local_max = F.max_pool2d(heat, self.nms_kernel_size, stride=1, padding=pad) if pad else heat.clone()
+        for c in self.nms_exempt_classes:
+            local_max[:, c] = heat[:, c]
+        heat = (heat * (heat == local_max)).flatten(2)  # [B, C, X*Y]
+
+        num_cells = size_x * size_y
+        k = min(self.num_proposals, self.num_classes * num_cells)
+        top = heat.flatten(1).topk(k, dim=1).indices  # [B, P], sorted by heatmap score
+        labels, index = top // num_cells, top % num_cells
+        query = flat.gather(2, index[:, None, :].expand(-1, flat.shape[1], -1))
+        one_hot = F.one_hot(labels, self.num_classes).transpose(1, 2).to(query.dtype)
+        query = query + self.class_encoding(one_hot)
+        query_pos = bev_pos.gather(1, index[:, :, None].expand(-1, -1, 2))
+
+        query = self.decoder(query, flat, query_pos, bev_pos)
+        preds = self.prediction_head(query)
+        preds["center"] = preds["center"] + query_pos.transpose(1, 2)
+        preds["query_heatmap_score"] = heat.gather(2, index[:, None, :].expand(-1, self.num_classes, -1))
+        preds["query_labels"] = labels
+        preds["query_pos"] = query_pos
+        preds["dense_heatmap"] = dense_heatmap
+        return preds
+
+    @staticmethod
+    def codes(preds: dict) -> torch.Tensor:
+        """``[B, P, 10]`` regression codes (cx, cy, z, log l, log w, log h, sin, cos, vx, vy) of ``preds``."""
+        return torch.cat([preds[k] for k in HEAD_KEYS], 1).transpose(1, 2)
+
+    # ------------------------------------------------------------------ targets and loss
+    def heatmap_target(self, gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
+        """``[C, X, Y]`` Gaussian heatmap of ``gt_boxes [M, 9]`` / ``gt_labels [M]`` (peak 1 at each centre cell;
+        radius from the box's l, w in cells, at least ``min_radius``; centres outside the grid draw nothing)."""
+        size_x, size_y = self.bbox_coder.grid_size
+        heat = torch.zeros(self.num_classes, size_x, size_y, device=gt_boxes.device)
+        if len(gt_boxes) == 0:
+            return heat
+        cells = self.bbox_coder.to_cells(gt_boxes[:, :2].detach().float()).floor().long().tolist()
+        sizes = (gt_boxes[:, 3:5].detach().float().cpu() / torch.tensor(self.bbox_coder.cell_size)).tolist()
+        for (ix, iy), (length, width), label in zip(cells, sizes, gt_labels.tolist()):
+            if length <= 0 or width <= 0 or not (0 <= ix < size_x and 0 <= iy < size_y):
+                continue
+            radius = max(self.min_radius, int(gaussian_radius((length, width), self.gaussian_overlap)))
+            draw_heatmap_gaussian(heat[label], (ix, iy), radius)
+        return heat
+
+    def _check_targets(self, gt_boxes, gt_labels, batch: int):
+        if not isinstance(gt_boxes, (list, tuple)) or len(gt_boxes) != batch:
+            raise ValueError(f"gt_boxes must be a list of {batch} tensors [M_i, 9], got {type(gt_boxes).__name__}"
+                             f" of length {len(gt_boxes) if hasattr(gt_boxes, '__len__') else '?'}")
+        if not isinstance(gt_labels, (list, tuple)) or len(gt_labels) != batch:
+            raise ValueError(f"gt_labels must be a list of {batch} int64 tensors [M_i]")
+        for i, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
+            if boxes.ndim != 2 or boxes.shape[1] != 9:
+                raise ValueError(f"gt_boxes[{i}] must be [M, 9], got shape {tuple(boxes.shape)}")
+            if labels.shape != boxes.shape[:1]:
+                raise ValueError(f"gt_labels[{i}] must be [M={len(boxes)}], got shape {tuple(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"gt_labels[{i}] must lie in [0, {self.num_classes}), got {labels.tolist()}")
+
+    def loss(self, preds: dict, gt_boxes: list, gt_labels: list) -> dict:
+        """Losses for one batch.
+
+        Args:
+            preds: output of :meth:`forward`.
+            gt_boxes: list of B float tensors ``[M_i, 9]`` (x, y, z, l, w, h, yaw, vx, vy), LiDAR frame.
+            gt_labels: list of B int64 tensors ``[M_i]`` in ``[0, num_classes)``.
+        Returns:
+            ``loss_heatmap``, ``loss_cls``, ``loss_bbox`` (scalars to sum: every key starting with ``loss``) and
+            ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
+        """
+        dense = preds["dense_heatmap"]
+        batch = dense.shape[0]
+        self._check_targets(gt_boxes, gt_labels, batch)
+        codes = self.codes(preds)  # [B, P, 10]
+        cls_logits = preds["heatmap"].transpose(1, 2)  # [B, P, C]
+        num_q = codes.shape[1]
+        labels = torch.full((batch, num_q), self.num_classes, dtype=torch.long, device=codes.device)
+        bbox_targets = torch.zeros_like(codes)
+        bbox_weights = torch.zeros_like(codes)
+        heat_targets, ious = [], []
+        match_codes = codes.detach().clone()
+        match_codes[..., 3:6] = match_codes[..., 3:6].clamp(-6.0, 6.0)  # keep exp(log dims) finite for matching
+        match_boxes = self.bbox_coder.decode(match_codes)
+        for b in range(batch):
+            gtb = gt_boxes[b].to(codes.device, codes.dtype)
+            gtl = gt_labels[b].to(codes.device).long()
+            res = self.assigner.assign(match_boxes[b], gtb, gtl, cls_logits[b].detach())
+            pos = res.pos_inds
+            if len(pos):
+                bbox_targets[b, pos] = self.bbox_coder.encode(gtb[res.gt_inds[pos] - 1])
+                bbox_weights[b, pos] = 1.0
+                labels[b, pos] = res.labels[pos]
+                ious.append(res.max_overlaps[pos])
+            heat_targets.append(self.heatmap_target(gtb, gtl))
+        heat_targets = torch.stack(heat_targets).to(dense.dtype)
+        num_pos = max(int((labels < self.num_classes).sum()), 1)
+
+        loss_heatmap = gaussian_focal_loss(clip_sigmoid(dense), heat_targets,
+                                           avg_factor=max(int(heat_targets.eq(1).sum()), 1))
+        loss_cls = sigmoid_focal_loss(cls_logits.reshape(-1, self.num_classes), labels.reshape(-1), None,
+                                      self.focal_alpha, self.focal_gamma, avg_factor=num_pos)
+        weights = bbox_weights * self.code_weights.to(codes.dtype)
+        loss_bbox = weighted_l1_loss(codes, bbox_targets, weights, avg_factor=num_pos)
+        matched = torch.cat(ious).mean() if ious else codes.new_zeros(())
+        return {"loss_heatmap": self.loss_heatmap_weight * loss_heatmap, "loss_cls": self.loss_cls_weight * loss_cls,
+                "loss_bbox": self.loss_bbox_weight * loss_bbox, "matched_ious": matched.detach()}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def get_bboxes(self, preds: dict, score_threshold: float = 0.0, max_num: int = 500,
+                   center_range: Sequence[float] | None = None) -> list:
+        """Decode predictions (no NMS, as upstream).
+
+        Score = sigmoid(class logit) x local-max heatmap score, for the proposal's class.
+
+        Args:
+            preds: output of :meth:`forward`.
+            score_threshold: keep boxes with score > threshold.
+            max_num: at most this many boxes per sample (nuScenes submission limit: 500).
+            center_range: optional ``(x_min, y_min, z_min, x_max, y_max, z_max)`` filter on box centres.
+        Returns:
+            list of B dicts: ``boxes [K, 9]`` (x, y, z, l, w, h, yaw, vx, vy) in the LiDAR frame of the input,
+            ``scores [K]`` sorted descending, ``labels [K]`` int64; ``K <= max_num``.
+        """
+        if max_num < 0:
+            raise ValueError(f"max_num must be >= 0, got {max_num}")
+        one_hot = F.one_hot(preds["query_labels"], self.num_classes).transpose(1, 2)
+        scores = preds["heatmap"].sigmoid() * preds["query_heatmap_score"] * one_hot
+        scores, labels = scores.max(1)  # [B, P]
+        codes = self.codes(preds).clone()
+        codes[..., 3:6] = codes[..., 3:6].clamp(-6.0, 6.0)  # sizes stay finite (< 403 m) for the submission JSON
+        boxes = self.bbox_coder.decode(codes)
+        results = []
+        for b in range(boxes.shape[0]):
+            keep = scores[b] > score_threshold
+            if center_range is not None:
+                lo = boxes.new_tensor(center_range[:3])
+                hi = boxes.new_tensor(center_range[3:6])
+                keep &= ((boxes[b, :, :3] >= lo) & (boxes[b, :, :3] <= hi)).all(1)
+            s, order = scores[b][keep].sort(descending=True)
+            order = order[:max_num]
+            results.append({"boxes": boxes[b][keep][order], "scores": s[:max_num], "labels": labels[b][keep][order]})
+        return results
