@@ -31,8 +31,16 @@ from sparse3d.datasets.semantic_kitti import SPLITS, SemanticKITTI  # noqa: E402
 from sparse3d.metrics.segmentation import ConfusionMatrix  # noqa: E402
 
 
-def build_dataset(datamodule, split: str, sequences) -> SemanticKITTI:
-    """The evaluation scans: every point kept (``Voxelize`` without a voxel cap)."""
+def build_dataset(datamodule, split: str, sequences):
+    """The evaluation scans: every point kept (``Voxelize`` without a voxel cap). For nuScenes-lidarseg
+    ``split`` is ``val`` (the datamodule's ``val_split``), ``test`` or a devkit split name."""
+    if is_lidarseg(datamodule):
+        from sparse3d.datasets.nuscenes.lidarseg import NuScenesLidarSeg
+        if split == "val":
+            return datamodule.val_dataset()
+        datamodule.prepare_data()
+        return NuScenesLidarSeg(datamodule.root, datamodule.version, split, datamodule.val_transform(),
+                                require_labels=split != "test")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     if split == "val" and sequences is None:
@@ -40,6 +48,11 @@ def build_dataset(datamodule, split: str, sequences) -> SemanticKITTI:
     datamodule.prepare_data()
     return SemanticKITTI(datamodule.root, split=split, sequences=None if sequences is None else list(sequences),
                          transform=datamodule.val_transform(), require_labels=split != "test")
+
+
+def is_lidarseg(datamodule) -> bool:
+    from sparse3d.datasets.nuscenes.lidarseg import NuScenesLidarSegDataModule
+    return isinstance(datamodule, NuScenesLidarSegDataModule)
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -58,13 +71,19 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     model = instantiate(cfg.model)
     state = E.load_model_weights(model, cfg.checkpoint, expected_target=cfg.model._target_)
     sub_dir = out / "submission"
+    lidarseg = is_lidarseg(dm)
+    # nuScenes-lidarseg results are named after the devkit eval set (mini_val, val, test ...)
+    nus_split = (dm.val_split if cfg.split == "val" else str(cfg.split)) if lidarseg else None
     cm = ConfusionMatrix(dm.num_classes, dm.ignore_index)
     want = cfg.render.scan
     shown = None
     for r in E.predict_dataset(model, dataset, device, cfg.batch_size, cfg.num_workers, cfg.progress):
         if r["target"] is not None:
             cm.update(r["pred"], r["target"])
-        if cfg.submission.enabled:
+        if cfg.submission.enabled and lidarseg:
+            lidar_token = dataset.loader.nusc.get("sample", r["scan_id"])["data"]["LIDAR_TOP"]
+            E.write_nuscenes_lidarseg_prediction(sub_dir, nus_split, lidar_token, E.train_to_lidarseg(r["pred"]))
+        elif cfg.submission.enabled:
             E.write_semantic_kitti_labels(sub_dir, r["scan_id"], r["pred"])
         if cfg.render.enabled and shown is None and (want is None or r["scan_id"] == want):
             shown = r
@@ -79,7 +98,13 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
             E.write_iou_table(table, out, "iou", title=f"{cfg.experiment_name} {cfg.split} ({len(dataset)} scans)")
             E.plot_confusion_matrix(cm.matrix, dm.class_names, out / "confusion_matrix.png", cfg.plots.normalize)
         print(E.iou_table_markdown(table), flush=True)
-    if cfg.submission.enabled:
+    if cfg.submission.enabled and lidarseg:
+        E.write_nuscenes_submission_meta(sub_dir, nus_split, use_lidar=True)
+        expected = E.expected_points_from_nuscenes(dataset.loader.nusc, nus_split)
+        result["submission"] = E.validate_nuscenes_lidarseg_submission(sub_dir, nus_split, expected)
+        result["submission_dir"] = str(sub_dir)
+        print(f"submission: {sub_dir} ({result['submission']['files']} keyframes, valid)", flush=True)
+    elif cfg.submission.enabled:
         E.write_description(sub_dir, str(cfg.submission.description))
         zip_path = E.zip_semantic_kitti_submission(sub_dir, out / "submission.zip")
         result["submission"] = E.validate_semantic_kitti_submission(zip_path, dataset.root, cfg.split,

@@ -161,11 +161,18 @@ def expected_points_from_nuscenes(nusc, split: str) -> Dict[str, int]:
     """``{LIDAR_TOP sample_data token: point count}`` for the keyframes of ``split``, counted as the devkit
     validator does: from the ground-truth lidarseg file when the dataset has lidarseg labels, otherwise
     from the point-cloud file (5 float32 per point)."""
-    from nuscenes.eval.lidarseg.utils import get_samples_in_eval_set
+    from nuscenes.utils import splits as nus_splits
 
+    # the devkit's get_samples_in_eval_set, tolerant of split scenes that the dataset does not hold
+    # (a partial or synthetic set named after the mini/trainval scene lists)
+    if nus_splits.is_predefined_split(split):
+        names = set(nus_splits.create_splits_scenes()[split])
+    else:
+        names = set(nus_splits.get_scenes_of_custom_split(split, nusc))
+    samples = [s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in names]
     out: Dict[str, int] = {}
     has_gt = len(getattr(nusc, "lidarseg", [])) > 0
-    for sample_token in get_samples_in_eval_set(nusc, split):
+    for sample_token in samples:
         sd_token = nusc.get("sample", sample_token)["data"]["LIDAR_TOP"]
         if has_gt:
             path = Path(nusc.dataroot) / nusc.get("lidarseg", sd_token)["filename"]
