@@ -1,0 +1,393 @@
+r"""Evaluation of calorimeter clustering (Calo-SPVCNN, GravNet+OC, CLUE) on the held-out sets.
+
+:func:`evaluate` is the ``eval_fn`` of the ``calo_*`` experiments (``tools/eval.py`` calls it with the
+composed config). On the ``test`` split and its pileup variant ``test_pu`` it runs the model one
+event at a time (batch size 1, after ``warmup`` untimed events, ``torch.set_num_threads(num_threads)``)
+and measures **network time** (``model(batch)``) and **clustering time** (``model.cluster``)
+separately, per event. Scores:
+
+- panoptic quality with **hit-count IoU** (``pq, sq, rq``) and **energy-weighted IoU** (``wpq, wsq,
+  wrq``), pooled over the set (``PQ = SQ x RQ``) and averaged per event (``*_event``), IoU > 0.5,
+  noise (and pileup, with the data module's ``pileup_as_noise``) hits void;
+- efficiency, fake rate, response ``<E_reco / E_true>`` and resolution ``sigma/E`` vs the true
+  particle energy with the ``a/sqrt(E) (+) b/E (+) c`` fit
+  (:class:`~sparse3d.metrics.calo_response.ResponseMetric`, energy-weighted IoU > 0.5 matching),
+  for all particles and per type (photons, electrons, charged pions).
+
+Files written to ``output_dir``: ``calo_result.json`` (everything), ``calo_table.md`` /
+``calo_table.json`` (the seed-style table: SQ, RQ, PQ, per-event latency, speedup vs GravNet),
+``response_resolution_<split>.png``, ``efficiency_<split>.png``,
+``event_display_<split>_{truth,pred}.png``. The result JSON is also copied to
+``<results_dir>/<experiment_name>.json`` and the comparison of every result there is rewritten
+(``comparison.md`` / ``comparison.json``, :func:`combine_results`). The speedup column compares
+with the GravNet result (model class ``GravNetOC``) of ``calo_eval.gravnet_result`` or
+``<results_dir>/*.json``, on the same split, number of events and threads.
+
+Options (``cfg.calo_eval``, all optional): ``warmup`` (3), ``max_events`` (null = all),
+``pileup`` (true), ``plots`` (true: the PNGs), ``display_event`` (0; null: no event display),
+``results_dir`` (``<paths.output_root>/calo_results``), ``gravnet_result`` (null).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..engine.tasks.calo import panoptic_summary, _pq_vector
+from ..metrics.calo_response import ResponseMetric
+from ..metrics.panoptic import PanopticQuality
+
+__all__ = ["evaluate", "evaluate_events", "method_name", "result_row", "table_markdown", "write_table",
+           "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
+
+EVAL_DEFAULTS = {"warmup": 3, "max_events": None, "pileup": True, "plots": True, "display_event": 0,
+                 "results_dir": None, "gravnet_result": None}
+PARTICLE_GROUPS = {"photon": 22, "electron": 11, "pion": 211}
+_METHOD_NAMES = {"CaloSPVCNN": "Calo-SPVCNN", "GravNetOC": "GravNet+OC", "CLUEClusterer": "CLUE"}
+_GRAVNET_CLASS = "GravNetOC"
+
+
+def method_name(model) -> str:
+    """Display name of a model ("Calo-SPVCNN", "GravNet+OC", "CLUE", else the class name)."""
+    cls = type(model).__name__
+    return _METHOD_NAMES.get(cls, cls)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    return x
+
+
+def _stats(ms: Sequence[float]) -> Dict[str, float]:
+    a = np.asarray(ms, np.float64)
+    if a.size == 0:
+        return {"mean": float("nan"), "median": float("nan"), "p90": float("nan")}
+    return {"mean": float(a.mean()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
+
+
+@torch.no_grad()
+def evaluate_events(model, events, collate, device: Union[str, torch.device] = "cpu", warmup: int = 3,
+                    name: str = "test", progress: bool = False, keep: Sequence[int] = (0,)) -> Dict[str, Any]:
+    """Run ``model`` event by event; panoptic quality, response and latency.
+
+    Args:
+        model: calorimeter model (``forward``, ``cluster``) in eval mode on ``device``.
+        events: list of :class:`~sparse3d.datasets.calo.event.CaloEvent` with truth.
+        collate: :class:`~sparse3d.datasets.calo.module.CaloCollate` (features as in training).
+        warmup: untimed events run first (the first ones of ``events``).
+        keep: indices of events whose predicted labels are returned (event displays).
+
+    Returns:
+        dict ``n_events``, ``hits_mean``, ``panoptic`` (:func:`panoptic_summary`), ``net_ms`` /
+        ``cluster_ms`` / ``total_ms`` (``mean``, ``median``, ``p90`` per event), ``response``
+        (``"all"`` and per :data:`PARTICLE_GROUPS` name: ``ResponseMetric.compute()`` dicts) and
+        ``labels`` ``{index: [N] int64}`` for ``keep``.
+    """
+    device = torch.device(device)
+
+    def to_dev(b):
+        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for ev in list(events)[:max(0, int(warmup))]:
+        b = to_dev(collate.events([ev], ["warmup"]))
+        model.cluster(model(b), b)
+    pq = PanopticQuality()
+    resp = ResponseMetric()
+    net, clu, hits, kept = [], [], [], {}
+    from tqdm import tqdm
+    for i, ev in enumerate(tqdm(events, desc=f"eval {name}", disable=not progress, leave=False, dynamic_ncols=True)):
+        b = to_dev(collate.events([ev], [f"{name}/{i}"]))
+        sync()
+        t0 = time.perf_counter()
+        out = model(b)
+        sync()
+        t1 = time.perf_counter()
+        lab = np.asarray(model.cluster(out, b)[0]).reshape(-1).astype(np.int64)
+        sync()
+        t2 = time.perf_counter()
+        net.append(1e3 * (t1 - t0))
+        clu.append(1e3 * (t2 - t1))
+        hits.append(ev.n_hits)
+        if lab.shape[0] != ev.n_hits:
+            raise ValueError(f"model.cluster gave {lab.shape[0]} labels for event {name}/{i} with {ev.n_hits} hits")
+        truth = b["cluster_idx"].cpu().numpy()
+        energy = np.maximum(ev.energy.astype(np.float64), 0.0)
+        pq.update(lab, truth, energy)
+        p = ev.particles
+        resp.update(lab, truth, energy, truth_energy=p["energy"], truth_group=np.abs(p["pdgid"]))
+        if i in keep:
+            kept[i] = lab
+    response = {"all": resp.compute()}
+    for g, pdg in PARTICLE_GROUPS.items():
+        response[g] = resp.compute(group=pdg)
+    tot = [a + c for a, c in zip(net, clu)]
+    return {"n_events": len(hits), "hits_mean": float(np.mean(hits)) if hits else 0.0,
+            "panoptic": panoptic_summary(_pq_vector(pq)), "net_ms": _stats(net), "cluster_ms": _stats(clu),
+            "total_ms": _stats(tot), "response": response, "labels": kept}
+
+
+def _response_brief(s: dict) -> dict:
+    fit = s.get("fit", {})
+    keys = ("bins", "e_center", "e_mean", "n_true", "efficiency", "efficiency_err", "n_pred", "fake_rate",
+            "fake_rate_err", "response", "response_err", "resolution", "resolution_err")
+    return {**{k: s[k] for k in keys if k in s}, "response_mean": s.get("response_mean"),
+            "fit": {k: fit.get(k) for k in ("a", "b", "c", "n_points")}}
+
+
+# ----------------------------------------------------------------------------- tables
+
+def result_row(result: Dict[str, Any], split: str) -> Dict[str, Any]:
+    """One table row (floats; percentages as fractions) of a result JSON for ``split``."""
+    s = result["splits"][split]
+    c, e = s["panoptic"]["count"], s["panoptic"]["energy"]
+    return {"method": result["method"], "model_class": result.get("model_class"), "split": split,
+            "n_events": s["n_events"], "num_threads": result.get("num_threads"), "device": result.get("device"),
+            "sq": c["sq"], "rq": c["rq"], "pq": c["pq"], "pq_event": c["pq_event"],
+            "wsq": e["sq"], "wrq": e["rq"], "wpq": e["pq"], "wpq_event": e["pq_event"],
+            "net_ms": s["net_ms"]["mean"], "cluster_ms": s["cluster_ms"]["mean"], "total_ms": s["total_ms"]["mean"],
+            "speedup_net": None, "speedup_total": None}
+
+
+def _add_speedups(rows: List[dict], reference: Optional[List[dict]] = None) -> List[dict]:
+    """Fill ``speedup_net`` / ``speedup_total`` = GravNet time / this time for rows with a GravNet row of
+    the same split, events and threads (in ``rows`` or ``reference``)."""
+    refs = [r for r in list(rows) + list(reference or []) if r.get("model_class") == _GRAVNET_CLASS]
+    for r in rows:
+        for g in refs:
+            if (g["split"], g["n_events"], g["num_threads"]) == (r["split"], r["n_events"], r["num_threads"]):
+                for k, t in (("speedup_net", "net_ms"), ("speedup_total", "total_ms")):
+                    if g.get(t) and r.get(t):
+                        r[k] = g[t] / r[t]
+                break
+    return rows
+
+
+def table_markdown(rows: List[dict], title: str = "") -> str:
+    """The seed-style table: SQ / RQ / PQ (hit-count and energy-weighted IoU), latency, speedup."""
+    def pct(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+    def ms(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+    def x(v):
+        return "n/a" if v is None else f"{v:.1f}x"
+
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| method | split | events | SQ | RQ | PQ | PQ/event | wSQ | wRQ | wPQ | wPQ/event | "
+              "network ms/event | clustering ms/event | total ms/event | network speedup vs GravNet | "
+              "total speedup vs GravNet |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['split']} | {r['n_events']} | {pct(r['sq'])} | {pct(r['rq'])} | "
+                     f"{pct(r['pq'])} | {pct(r['pq_event'])} | {pct(r['wsq'])} | {pct(r['wrq'])} | {pct(r['wpq'])} | "
+                     f"{pct(r['wpq_event'])} | {ms(r['net_ms'])} | {ms(r['cluster_ms'])} | {ms(r['total_ms'])} | "
+                     f"{x(r['speedup_net'])} | {x(r['speedup_total'])} |")
+    threads = sorted({str(r.get("num_threads")) for r in rows})
+    devices = sorted({str(r.get("device")) for r in rows})
+    lines += ["", "SQ, RQ, PQ: hit-count IoU; wSQ, wRQ, wPQ: energy-weighted IoU (each hit weighted by its "
+              "energy). Both pooled over all events (PQ = SQ x RQ); PQ/event and wPQ/event are per-event "
+              "averages. A predicted and a true cluster match at IoU > 0.5; noise and pileup hits are excluded.",
+              f"Latency per event at batch size 1 on {', '.join(devices)} with {', '.join(threads)} thread(s): "
+              "network = model forward, clustering = model.cluster (CLUE: all of its time). Speedup = "
+              "GravNet+OC time / method time on the same split, events and threads."]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: List[dict], out_dir: Union[str, Path], stem: str = "calo_table", title: str = "") -> Path:
+    """Write ``<stem>.md`` and ``<stem>.json``; returns the Markdown path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(_jsonable(rows), indent=2) + "\n")
+    md = out / f"{stem}.md"
+    md.write_text(table_markdown(rows, title))
+    return md
+
+
+def _load(r) -> dict:
+    if isinstance(r, dict):
+        return r
+    p = Path(r)
+    if not p.is_file():
+        raise FileNotFoundError(f"calorimeter result JSON not found: {p}")
+    d = json.loads(p.read_text())
+    if not isinstance(d, dict) or "splits" not in d or "method" not in d:
+        raise ValueError(f"{p} is not a calorimeter evaluation result (no 'method' / 'splits')")
+    return d
+
+
+def combine_results(results: Iterable[Union[str, Path, dict]], splits: Optional[Sequence[str]] = None) -> List[dict]:
+    """Rows of several result JSONs (SPVCNN, GravNet, CLUE, ...) for one comparison table, ordered by
+    split then input order, with speedups against the GravNet+OC row of the same split."""
+    loaded = [_load(r) for r in results]
+    all_splits = splits or sorted({s for d in loaded for s in d["splits"]}, key=lambda s: (s != "test", s))
+    rows = [result_row(d, s) for s in all_splits for d in loaded if s in d["splits"]]
+    return _add_speedups(rows)
+
+
+def write_comparison(results: Iterable[Union[str, Path, dict]], out_dir: Union[str, Path],
+                     stem: str = "comparison", title: str = "Calorimeter clustering comparison") -> Path:
+    """:func:`combine_results` written as ``<stem>.md`` / ``<stem>.json``; returns the Markdown path."""
+    return write_table(combine_results(results), out_dir, stem, title)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _options(cfg) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    opts = dict(EVAL_DEFAULTS)
+    node = OmegaConf.select(cfg, "calo_eval", default=None)
+    if node is not None:
+        given = OmegaConf.to_container(node, resolve=True)
+        unknown = set(given) - set(EVAL_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown calo_eval keys {sorted(unknown)} (allowed: {sorted(EVAL_DEFAULTS)})")
+        opts.update(given)
+    if opts["results_dir"] is None:
+        root = OmegaConf.select(cfg, "paths.output_root", default="outputs")
+        opts["results_dir"] = str(Path(root) / "calo_results")
+    return opts
+
+
+def _plots(r: dict, out: Path, split: str, events, method: str, display: int) -> Dict[str, str]:
+    from ..metrics.calo_plots import plot_efficiency, plot_event_display, plot_response_resolution
+
+    files, skipped = {}, []
+    resp = r["response"]
+    names = ["all"] + [g for g in PARTICLE_GROUPS if np.nansum(resp[g]["n_true"]) > 0]
+    labels = ["all particles" if g == "all" else f"{g}s" for g in names]
+
+    def has(key):   # a log-x panel needs at least one finite point
+        return any(np.isfinite(resp[g][key]).any() for g in names)
+
+    if has("response"):
+        files["response"] = plot_response_resolution([resp[g] for g in names],
+                                                     out / f"response_resolution_{split}.png", labels,
+                                                     title=f"{method}, {split}")
+    else:
+        skipped.append("response_resolution: no matched clusters")
+    if has("efficiency") and has("fake_rate"):
+        files["efficiency"] = plot_efficiency([resp[g] for g in names], out / f"efficiency_{split}.png", labels,
+                                              title=f"{method}, {split}")
+    else:
+        skipped.append("efficiency: no true or no predicted clusters")
+    if skipped:
+        files["skipped"] = "; ".join(skipped)
+    if display in r["labels"]:
+        ev = events[display]
+        files["display_truth"] = plot_event_display(ev.x, ev.y, ev.z, ev.labels(pileup_as_noise=True),
+                                                    out / f"event_display_{split}_truth.png", ev.energy,
+                                                    title=f"{split}/{display} truth")
+        files["display_pred"] = plot_event_display(ev.x, ev.y, ev.z, r["labels"][display],
+                                                   out / f"event_display_{split}_pred.png", ev.energy,
+                                                   title=f"{split}/{display} {method}")
+    return {k: str(v) for k, v in files.items()}
+
+
+def evaluate(cfg) -> Dict[str, Any]:
+    """``tools/eval.py`` entry for the ``calo_*`` experiments (module docstring).
+
+    Uses ``cfg.dataset``, ``cfg.model``, ``cfg.checkpoint`` (a ``tools/train.py`` checkpoint; may be
+    null only for a parameter-free model such as CLUE, which then runs with its configured
+    parameters), ``cfg.output_dir``, ``cfg.num_threads``, ``cfg.device``, ``cfg.progress``,
+    ``cfg.experiment_name`` and ``cfg.calo_eval``. Returns the result dict (also ``calo_result.json``).
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from .predict import load_model_weights
+
+    opts = _options(cfg)
+    threads = OmegaConf.select(cfg, "num_threads", default=None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev_name = str(OmegaConf.select(cfg, "device", default="cpu"))
+    device = torch.device("cuda" if dev_name == "auto" and torch.cuda.is_available() else
+                          "cpu" if dev_name == "auto" else dev_name)
+    progress = bool(OmegaConf.select(cfg, "progress", default=False))
+    out = Path(str(cfg.output_dir))
+    name = str(OmegaConf.select(cfg, "experiment_name", default="calo"))
+    dm = instantiate(cfg.dataset)
+    dm.prepare_data()
+    model = instantiate(cfg.model)
+    ckpt = OmegaConf.select(cfg, "checkpoint", default=None, throw_on_missing=False)
+    epoch = None
+    if ckpt:
+        state = load_model_weights(model, str(ckpt), expected_target=cfg.model._target_)
+        epoch = state.get("epoch")
+    elif any(True for _ in model.parameters()):
+        raise ValueError(f"checkpoint is required to evaluate {type(model).__name__} (checkpoint=<run>/checkpoints/best.pt)")
+    model = model.to(device).eval()
+    method = method_name(model)
+    result: Dict[str, Any] = {"method": method, "model_class": type(model).__name__, "experiment": name,
+                              "checkpoint": None if not ckpt else str(ckpt), "epoch": epoch,
+                              "num_threads": int(threads) if threads else torch.get_num_threads(),
+                              "device": str(device), "warmup": int(opts["warmup"]), "splits": {}, "plots": {}}
+    if hasattr(model, "params") and hasattr(model.params, "__dataclass_fields__"):
+        from dataclasses import asdict
+        result["clue_params"] = asdict(model.params)
+    splits = [("test", False)] + ([("test_pu", True)] if opts["pileup"] else [])
+    display = int(opts["display_event"]) if opts["display_event"] is not None else -1
+    for split, pu in splits:
+        events = dm.events(split)
+        if opts["max_events"] is not None:
+            events = events[:int(opts["max_events"])]
+        r = evaluate_events(model, events, dm.collate, device, opts["warmup"], split, progress,
+                            keep=(display,) if display >= 0 else ())
+        if opts["plots"]:
+            result["plots"][split] = _plots(r, out, split, events, method, display)
+        result["splits"][split] = {k: (v if k != "response" else {g: _response_brief(s) for g, s in v.items()})
+                                   for k, v in r.items() if k != "labels"}
+    ref_path = opts["gravnet_result"]
+    results_dir = Path(opts["results_dir"])
+    reference = []
+    if ref_path:
+        reference = [result_row(_load(ref_path), s) for s in result["splits"] if s in _load(ref_path)["splits"]]
+    elif results_dir.is_dir():
+        for p in sorted(results_dir.glob("*.json")):
+            try:
+                d = _load(p)
+            except (ValueError, json.JSONDecodeError):
+                continue
+            if d.get("model_class") == _GRAVNET_CLASS and d.get("experiment") != name:
+                reference += [result_row(d, s) for s in d["splits"]]
+    rows = _add_speedups([result_row(result, s) for s in result["splits"]], reference)
+    result["table"] = rows
+    out.mkdir(parents=True, exist_ok=True)
+    md = write_table(rows, out, "calo_table", title=f"{method} ({name})")
+    payload = _jsonable(result)
+    (out / "calo_result.json").write_text(json.dumps(payload, indent=2) + "\n")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    known = []
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            known.append(_load(p))
+        except (ValueError, json.JSONDecodeError):
+            continue
+    if known:
+        write_comparison(known, results_dir)
+    print(md.read_text(), flush=True)
+    print(f"results: {out} (comparison of {len(known)} method(s): {results_dir / 'comparison.md'})", flush=True)
+    return result
