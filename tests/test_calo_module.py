@@ -78,6 +78,7 @@ def test_prepare_data_idempotent_and_regenerates(tmp_path):
     assert (root / "train.root").stat().st_mtime_ns == stamp
     ensure_calo_synth(root, **dict(params, n_train=3))
     assert len(load_events(root / "train.root")) == 3
+    assert CaloDataModule(root, synthetic=dict(params, n_train=3)).events("test_pu") == []   # empty split
     ensure_calo_synth(root, **dict(params, n_train=3, generator={"noise_hits": 10.0}))
     assert json.loads((root / "synth_meta.json").read_text())["params"]["generator"]["noise_hits"] == 10.0
 

@@ -132,6 +132,8 @@ def search_clue_params(model: CLUEClusterer, score: Callable[[CLUEClusterer], fl
 
     best = asdict(model.params)
     best_score = run(best)
+    if log is not None:
+        log(f"CLUE search: start -> score {best_score:.4f}")
     for _ in range(passes):
         changed = False
         for k, vals in grid.items():

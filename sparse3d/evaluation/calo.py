@@ -353,6 +353,9 @@ def evaluate(cfg) -> Dict[str, Any]:
         events = dm.events(split)
         if opts["max_events"] is not None:
             events = events[:int(opts["max_events"])]
+        if not events:
+            print(f"{split}: no events, skipped", flush=True)
+            continue
         r = evaluate_events(model, events, dm.collate, device, opts["warmup"], split, progress,
                             keep=(display,) if display >= 0 else ())
         if opts["plots"]:

@@ -76,6 +76,7 @@ __all__ = ["CaloDataModule", "CaloEventDataset", "CaloCollate", "HitFeatures", "
 
 SPLITS = ("train", "val", "test", "test_pu")
 SPLIT_FILES = {s: f"{s}.root" for s in SPLITS}
+_COUNT_KEYS = {"train": "n_train", "val": "n_val", "test": "n_test", "test_pu": "n_test_pileup"}
 FEATURES = ("energy", "time", "layer", "x", "y", "z", "eta")
 DEFAULT_SYNTHETIC = dict(seed=1000, n_train=400, n_val=48, n_test=200, n_test_pileup=100, pileup=40.0,
                          generator={})
@@ -426,11 +427,15 @@ class CaloDataModule:
         return Path(self.files[split]) if split in self.files else self.root / SPLIT_FILES[split]
 
     def events(self, split: str) -> List[CaloEvent]:
-        """The validated events of a split (read once, then cached)."""
+        """The validated events of a split (read once, then cached; a generated empty split: [])."""
         if split not in self._cache:
+            path = self.split_path(split)
             if self.synthetic is not None:
                 self.prepare_data()
-            self._cache[split] = load_events(self.split_path(split), negative=self.negative)
+            if self.synthetic is not None and split not in self.files and self.synthetic[_COUNT_KEYS[split]] == 0:
+                self._cache[split] = []   # written without a tree
+            else:
+                self._cache[split] = load_events(path, negative=self.negative)
         return self._cache[split]
 
     def dataset(self, split: str, train: bool = False) -> CaloEventDataset:
