@@ -150,7 +150,7 @@ def test_valid_mask_skips_points(impl):
     assert (f.grad[~valid] == 0).all() and (f.grad[valid] == 1).all()
 
 
-def test_counting_sort_equals_torch_stable_sort_and_argsort_fallback():
+def test_numba_and_torch_plans_identical_including_argsort_fallback():
     for X, Y in ((7, 9), (1500, 1000)):  # the second grid is far larger than the point set: argsort path
         feats, geom, b = _points(5000, 2, X, Y, 1, 2, seed=4)
         ranks = reference.flat_ranks(geom, b, 2, X, Y, 1)
@@ -273,3 +273,10 @@ def test_property_matches_naive_and_conserves_mass(M, B, X, Y, Z, C, seed):
         torch.testing.assert_close(out.sum((2, 3, 4)).sum(0), feats.sum(0), rtol=1e-9, atol=1e-9)
     plan = BEVPoolPlan.build(geom, b, B, X, Y, Z)
     assert plan.n_intervals == len(np.unique(plan.ranks.numpy())) and int(plan.starts[-1]) == M
+    # canonical plan: intervals ordered by their first point, points increasing within an interval,
+    # one cell per interval, every cell once
+    order, starts, ranks = plan.order.numpy(), plan.starts.numpy(), plan.ranks.numpy()
+    assert (np.diff(order[starts[:-1]]) > 0).all() and len(set(plan.cells.tolist())) == plan.n_intervals
+    for i in range(plan.n_intervals):
+        seg = order[starts[i]:starts[i + 1]]
+        assert (np.diff(seg) > 0).all() and (ranks[seg] == int(plan.cells[i])).all()

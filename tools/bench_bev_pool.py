@@ -9,18 +9,33 @@ images 256 x 704 (resize 0.48 + crop), features 32 x 88, ``dbound = (1, 60, 0.5)
 their cells; the out-of-grid points are dropped (as BEVFusion does before ``bev_pool``) and the
 features of the kept points are ``depth x context`` with random softmax depth and context.
 
-Timed (median of ``--repeats`` runs, ``--threads`` threads for torch and numba):
+Timed (median of ``--repeats`` runs after a warm-up, so no numba compilation is timed; wall time
+and process CPU time of all threads; ``--threads`` threads for torch and numba):
 
-* ``naive``: :func:`sparse3d.ops.bev_pool.reference.bev_pool_naive` -- flat rank, then ONE
-  ``torch.Tensor.index_add`` of the ``[M, C]`` features into the flattened ``[B*Z*X*Y, C]``
+Plan profile: rank pass, counting sort + intervals (vs a torch stable argsort of the same ranks).
+
+A. Kernel only -- the ``[M, C]`` features of the kept points are given:
+
+* ``A naive index_add``: :func:`sparse3d.ops.bev_pool.reference.bev_pool_naive` -- flat rank, then
+  ONE ``torch.Tensor.index_add`` of the ``[M, C]`` features into the flattened ``[B*Z*X*Y, C]``
   output, reshaped/permuted to ``[B, C, Z, X, Y]``. This is "the naive torch scatter".
-* ``numba_recomputed``: :func:`bev_pool` (plan = ranks + counting sort + intervals built in the call).
-* ``numba_cached``: :func:`bev_pool_with_plan` with the plan built once beforehand.
-* ``torch_intervals_cached``: the device-agnostic torch path with the cached plan.
-* ``fused_cached``: :func:`bev_pool_depth` (depth ``[6, 118, 2816]`` x context ``[6, 2816, 80]``,
-  outer product never built) over a plan of all frustum points with a validity mask.
-* backward: naive (autograd of ``index_add`` = ``index_select``) vs the numba gather; fused backward.
-* plan profile: rank pass, counting sort, chunking.
+* ``A numba, plan recomputed``: :func:`bev_pool` (ranks + counting sort + intervals in the call).
+* ``A numba, cached plan``: :func:`bev_pool_with_plan` with the plan built once beforehand.
+* ``A torch intervals, cached plan``: the device-agnostic torch path (1 run).
+* backward of both (naive: autograd of ``index_add`` = ``index_select``; numba: gather).
+* ``stream-read floor``: ``feats.sum(0)``, one sequential read of the features. Both the naive
+  scatter and the interval kernel must read all ``M x C`` floats once, so this bounds any
+  speed-up of section A (memory bandwidth).
+
+B. Splat -- the LSS depthnet outputs are given: depth probabilities ``[B*N, D, fH*fW]`` and
+context ``[B*N, fH*fW, C]`` (what BEVFusion's ``LSSTransform`` pools):
+
+* ``B naive splat``: BEVFusion's path with its CUDA kernel replaced by the naive scatter --
+  outer product ``depth x context`` -> ``[B*N*D*fH*fW, C]``, keep the in-grid rows (``x[kept]``),
+  ``bev_pool_naive`` (the ``index_add`` above).
+* ``B fused numba``: :func:`bev_pool_depth` (BEVPoolv2 style: ``depth[p] * context[pixel(p)]`` read
+  on the fly, the product is never built) over a plan of all frustum points with a validity mask,
+  cached or recomputed in the call; and the backward of both.
 
 Usage: ``python tools/bench_bev_pool.py [--threads 2] [--repeats 3] [--json out.json]``
 (``--small`` for a quick run on a reduced size). Times are printed; nothing is gated on them.

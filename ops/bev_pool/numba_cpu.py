@@ -1,14 +1,18 @@
 """Numba CPU kernels for BEV pooling: rank -> counting sort -> load-balanced interval reduction.
 
 Plan (see ``reference.py`` for the cell convention): ``ranks [M]`` int64 flat cell per point
-(-1 = skipped), ``order [K]`` kept points sorted by rank (stable), ``starts [I+1]`` interval
+(-1 = skipped), ``order [K]`` kept points grouped by cell, ``starts [I+1]`` interval
 boundaries, ``cells [I]`` flat cell per interval, ``chunks [T+1]`` interval boundaries that
 split the points into T nearly equal parallel work items (intervals are very unequal:
-cells near a camera collect thousands of frustum points, far cells a few).
+cells near a camera collect thousands of frustum points, far cells a few). The intervals
+are ordered by their first point, so a thread's reads move almost monotonically through
+the ``[M, C]`` features (measured: 2.2x less time than cell order at the realistic size,
+within a few % of a plain streaming read).
 
-Forward: one thread per chunk sums each interval into a float64 accumulator and writes the
-``C`` sums straight into ``out [B, C, ncell]`` (no atomics, no ``[B, ncell, C]`` transpose);
-every cell is written by exactly one interval, so the result is deterministic.
+Forward: one thread per chunk sums each interval (in point order, accumulator in the input
+dtype, like ``index_add``) and writes the ``C`` sums straight into ``out [B, C, ncell]`` (no
+atomics, no ``[B, ncell, C]`` transpose); every cell is written by exactly one interval, so
+the result is deterministic and independent of the thread count.
 Backward: a gather, ``grad_feats[p] = grad[cell(p)]``, in point order (sequential writes).
 
 The fused variant (``depth_pool*``, cf. BEVPoolv2) takes the LSS depth probabilities
@@ -98,13 +102,28 @@ def _sorted_intervals(order, ranks):
 
 
 @njit(cache=True, parallel=True)
+def _permute_intervals(order, starts, cells, perm, new_starts, new_order, new_cells):
+    I = perm.shape[0]
+    for k in range(I):
+        i = perm[k]
+        new_starts[k + 1] = new_starts[k] + starts[i + 1] - starts[i]
+        new_cells[k] = cells[i]
+    for k in prange(I):
+        i = perm[k]
+        s0 = starts[i]
+        d0 = new_starts[k]
+        for j in range(starts[i + 1] - s0):
+            new_order[d0 + j] = order[s0 + j]
+
+
+@njit(cache=True, parallel=True)
 def _fwd(feats, order, starts, cells, chunks, ncell, out):
     C = feats.shape[1]
     for t in prange(chunks.shape[0] - 1):
-        acc = np.empty(C, np.float64)
+        acc = np.empty(C, out.dtype)
         for k in range(chunks[t], chunks[t + 1]):
             for c in range(C):
-                acc[c] = 0.0
+                acc[c] = 0
             for j in range(starts[k], starts[k + 1]):
                 p = order[j]
                 for c in range(C):
@@ -163,11 +182,13 @@ def _depth_bwd(gflat, ranks, depth, ctx, D, HW, blk, need_depth, need_ctx, gdept
     NQ, C = ctx.shape
     BN = NQ // HW
     nb = (HW + blk - 1) // blk
+    C8 = C - C % 8
     for t in prange(BN * nb):
         bn = t // nb
         h0 = (t - bn * nb) * blk
         h1 = min(HW, h0 + blk)
-        acc = np.zeros((h1 - h0, C), np.float64)
+        acc = np.zeros((h1 - h0, C), gctx.dtype)
+        part = np.empty(8, gdepth.dtype)
         for d in range(D):
             base = (bn * D + d) * HW
             for hw in range(h0, h1):
@@ -179,10 +200,16 @@ def _depth_bwd(gflat, ranks, depth, ctx, D, HW, blk, need_depth, need_ctx, gdept
                     continue
                 q = bn * HW + hw
                 if need_depth:
-                    s = 0.0
-                    for c in range(C):
-                        s += gflat[r, c] * ctx[q, c]
-                    gdepth[p] = s
+                    # dot product with 8 fixed partial sums: vectorizes without reassociating (deterministic)
+                    for i in range(8):
+                        part[i] = 0
+                    for c0 in range(0, C8, 8):
+                        for i in range(8):
+                            part[i] += gflat[r, c0 + i] * ctx[q, c0 + i]
+                    tot = part.sum()
+                    for c in range(C8, C):
+                        tot += gflat[r, c] * ctx[q, c]
+                    gdepth[p] = tot
                 if need_ctx:
                     w = depth[p]
                     for c in range(C):
@@ -215,19 +242,29 @@ def compute_ranks(geom: np.ndarray, batch_idx: np.ndarray, B: int, X: int, Y: in
 
 
 def build_intervals(ranks: np.ndarray, ncells: int):
-    """Stable sort of the kept points by rank and their intervals.
+    """Group the kept points by rank; intervals ordered by their first point (see ``reference.build_intervals``).
 
     A counting sort (O(M + ncells), stable by construction) when the grid is not much larger
-    than the point set, else a stable ``np.argsort``. Returns (order ``[K]``, starts ``[I+1]``,
-    cells ``[I]``), all int64, exactly as ``reference.build_intervals``.
+    than the point set, else a stable ``np.argsort``; then the intervals are reordered by their
+    first point index. Returns (order ``[K]``, starts ``[I+1]``, cells ``[I]``), all int64,
+    identical to ``reference.build_intervals``.
     """
     M = ranks.shape[0]
     if ncells <= 4 * M + (1 << 20):
-        return _count_sort(ranks, ncells)
-    keep = np.flatnonzero(ranks >= 0)
-    order = keep[np.argsort(ranks[keep], kind="stable")].astype(np.int64)
-    starts, cells = _sorted_intervals(order, ranks)
-    return order, starts, cells
+        order, starts, cells = _count_sort(ranks, ncells)
+    else:
+        keep = np.flatnonzero(ranks >= 0)
+        order = keep[np.argsort(ranks[keep], kind="stable")].astype(np.int64)
+        starts, cells = _sorted_intervals(order, ranks)
+    I = cells.shape[0]
+    if I < 2:
+        return order, starts, cells
+    perm = np.argsort(order[starts[:-1]], kind="stable")
+    new_starts = np.zeros(I + 1, np.int64)
+    new_order = np.empty_like(order)
+    new_cells = np.empty_like(cells)
+    _permute_intervals(order, starts, cells, perm, new_starts, new_order, new_cells)
+    return new_order, new_starts, new_cells
 
 
 def balance_chunks(starts: np.ndarray, nchunks: int) -> np.ndarray:

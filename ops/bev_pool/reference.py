@@ -6,8 +6,8 @@ pooled output is ``[B, C, Z, X, Y]`` (sum of the features of the points in each 
 
 * :func:`bev_pool_naive` -- **the naive scatter**: ``out = zeros(B*Z*X*Y, C).index_add_(0,
   rank, feats)`` followed by a reshape/permute to ``[B, C, Z, X, Y]``. No sort, no intervals.
-* :func:`build_intervals` + :func:`interval_pool` -- rank -> stable sort -> intervals of equal
-  rank -> segment sum (``torch.segment_reduce``) written into the occupied cells. Works on
+* :func:`build_intervals` + :func:`interval_pool` -- rank -> sort -> intervals of equal rank
+  -> segment sum (``torch.segment_reduce``) written into the occupied cells. Works on
   any device; the numba kernels implement the same plan on the CPU.
 """
 from __future__ import annotations
@@ -67,22 +67,37 @@ def bev_pool_naive(feats: torch.Tensor, geom: torch.Tensor, batch_idx: torch.Ten
 
 
 def build_intervals(ranks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank -> stable sort -> intervals.
+    """Rank -> sort -> intervals.
+
+    The kept points are grouped by rank; the groups (intervals) are ordered by their first
+    (smallest) point index and each keeps its points in increasing index order. Visiting the
+    intervals in this order walks the feature rows nearly monotonically through memory (the
+    points of one cell come from a few neighbouring pixels and depth bins), which the CPU
+    kernel needs to run at streaming speed; the order is canonical, so both implementations
+    build identical plans.
 
     Args:
         ranks: ``[M]`` int64 flat cell indices, -1 = skipped point.
     Returns:
-        order ``[K]`` int64 (indices of the kept points sorted by rank, ties by index),
+        order ``[K]`` int64 (indices of the kept points, grouped by cell),
         starts ``[I + 1]`` int64 (interval ``i`` is ``order[starts[i]:starts[i+1]]``),
-        cells ``[I]`` int64 (the flat cell of each interval, increasing).
+        cells ``[I]`` int64 (the flat cell of each interval; distinct, not sorted).
     """
+    dev = ranks.device
     keep = (ranks >= 0).nonzero().squeeze(1)
     r = ranks.index_select(0, keep)
-    rs, perm = torch.sort(r, stable=True)
+    if keep.numel() == 0:
+        return keep, torch.zeros(1, dtype=torch.long, device=dev), keep.clone()
+    uniq, inv = torch.unique(r, return_inverse=True)
+    first = torch.full((uniq.numel(),), keep.numel(), dtype=torch.long, device=dev)
+    first.scatter_reduce_(0, inv, torch.arange(keep.numel(), device=dev), "amin")
+    key = first.index_select(0, inv)  # the first point of each point's cell: one value per cell
+    ks, perm = torch.sort(key, stable=True)
     order = keep.index_select(0, perm)
-    cells, counts = torch.unique_consecutive(rs, return_counts=True)
-    starts = torch.zeros(cells.numel() + 1, dtype=torch.long, device=ranks.device)
+    _, counts = torch.unique_consecutive(ks, return_counts=True)
+    starts = torch.zeros(counts.numel() + 1, dtype=torch.long, device=dev)
     torch.cumsum(counts, 0, out=starts[1:])
+    cells = ranks.index_select(0, order.index_select(0, starts[:-1]))
     return order, starts, cells
 
 

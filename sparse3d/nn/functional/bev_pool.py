@@ -4,7 +4,7 @@ A point with integer cell ``geom = (x, y, z)`` in sample ``b`` adds its features
 ``out[b, :, z, x, y]``. The work is split like BEVFusion's CUDA op, but runs on the CPU:
 
 1. **plan** (:class:`BEVPoolPlan`): flat rank ``((b*Z + z)*X + x)*Y + y`` per point ->
-   stable sort -> intervals of equal rank. It depends only on the geometry, so when
+   sort (numba: counting sort) -> intervals of equal rank (ordered by their first point). It depends only on the geometry, so when
    calibration and augmentation are fixed it is built once and reused (:class:`BEVPoolCache`).
 2. **interval reduction**: each occupied cell is the sum of one contiguous interval of the
    sorted points; backward is a gather (every point receives its cell's gradient).
@@ -64,8 +64,10 @@ class BEVPoolPlan:
 
     Attributes (torch tensors on the geometry's device):
         ranks: ``[M]`` int64 flat cell ``((b*Z + z)*X + x)*Y + y`` per point, -1 = skipped.
-        order: ``[K]`` int64 kept points sorted by rank (stable: ties keep the point order).
-        starts: ``[I + 1]`` int64 interval boundaries into ``order``; cells: ``[I]`` int64.
+        order: ``[K]`` int64 kept points grouped by cell (increasing index within a cell).
+        starts: ``[I + 1]`` int64 interval boundaries into ``order``; cells: ``[I]`` int64 (distinct).
+        Intervals are ordered by their first point index, for memory locality (see
+        ``sparse3d.ops.bev_pool.reference.build_intervals``).
         B, X, Y, Z: grid; ``n_points`` = M (rows the features must have).
 
     Build with :meth:`build`; reuse it with :func:`bev_pool_with_plan` /
