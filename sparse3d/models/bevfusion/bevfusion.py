@@ -1,0 +1,211 @@
+r"""BEVFusion composition (``mmdet3d/models/fusion_models/bevfusion.py``): encoders -> fuser -> decoder -> heads.
+
+``BEVFusion(encoders={"camera": ..., "lidar": ...}, fuser, decoder, heads={"object": ..., "map": ...})``:
+
+- ``camera``: a mapping (or ``nn.ModuleDict``) of ``backbone`` (``[B*N, 3, H, W] -> list of maps``), ``neck``
+  (list -> list; its first output is used) and ``vtransform`` (``forward(img_feats [B, N, C, fH, fW], points,
+  camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix) -> [B, C, X, Y]``), or one module whose
+  ``forward`` takes batch keys by name (``img``, ``points``, ``camera2lidar``, ...);
+- ``lidar``: a module ``forward(points: list of B [P_i, 5]) -> [B, C, X, Y]`` (``LidarEncoder``), or a mapping of
+  ``voxelize`` and ``backbone`` (``backbone(voxelize(points), batch_size=B)``);
+- ``fuser``: ``list of BEV maps -> one`` (``ConvFuser``), required with two encoders, unused with one
+  (camera-only / LiDAR-only are the same class with one encoder);
+- ``decoder``: a module, or a mapping of ``backbone`` (``SECOND``: map -> list) and ``neck`` (``SECONDFPN``: list ->
+  map);
+- ``heads``: ``object`` (``TransFusionHead``: ``forward``, ``loss(preds, gt_boxes, gt_labels)``, ``get_bboxes``) and/or
+  ``map`` (``BEVSegmentationHead``: ``forward``, ``loss(logits, gt_masks)``, ``predict``).
+
+The batch is the dict of :func:`sparse3d.datasets.nuscenes.module.collate_nuscenes`; lists of tensors in it
+(``points``, ``gt_boxes``, ``gt_labels``) are moved to the model's device here.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["BEVFusion"]
+
+_ENCODER_ORDER = ("camera", "lidar")
+
+
+def _as_module(value: Any, name: str) -> Optional[nn.Module]:
+    if value is None or isinstance(value, nn.Module):
+        return value
+    if isinstance(value, Mapping):
+        parts = {k: _as_module(v, f"{name}.{k}") for k, v in value.items() if v is not None}
+        return nn.ModuleDict(parts)
+    raise TypeError(f"{name} must be an nn.Module or a mapping of modules, got {type(value).__name__}")
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+class BEVFusion(nn.Module):
+    r"""Camera / LiDAR / fusion BEV detector and map segmenter.
+
+    Args:
+        encoders: ``{"camera": ..., "lidar": ...}`` (at least one; see the module docstring).
+        fuser: combines the encoders' BEV maps (in the order camera, lidar); required with two encoders.
+        decoder: BEV backbone + neck (None: the fused map goes to the heads directly).
+        heads: ``{"object": ..., "map": ...}`` (at least one).
+        loss_scale: optional weight per head name (default 1).
+        score_threshold / max_boxes: :meth:`predict` box filtering (nuScenes allows 500 boxes per sample).
+    """
+
+    def __init__(self, encoders: Mapping[str, Any], fuser: Optional[nn.Module] = None, decoder: Any = None,
+                 heads: Optional[Mapping[str, Any]] = None, loss_scale: Optional[Mapping[str, float]] = None,
+                 score_threshold: float = 0.0, max_boxes: int = 500) -> None:
+        super().__init__()
+        if not isinstance(encoders, Mapping) or not encoders:
+            raise ValueError("encoders must be a non-empty mapping with keys 'camera' and/or 'lidar'")
+        bad = [k for k in encoders if k not in _ENCODER_ORDER]
+        if bad:
+            raise ValueError(f"encoders: unknown keys {bad} (allowed: {list(_ENCODER_ORDER)})")
+        self.encoders = nn.ModuleDict({k: _as_module(encoders[k], f"encoders.{k}") for k in _ENCODER_ORDER
+                                       if encoders.get(k) is not None})
+        if not len(self.encoders):
+            raise ValueError("encoders must configure at least one of 'camera' and 'lidar'")
+        if "camera" in self.encoders and isinstance(self.encoders["camera"], nn.ModuleDict):
+            missing = {"backbone", "neck", "vtransform"} - set(self.encoders["camera"])
+            if missing:
+                raise ValueError(f"encoders.camera is missing {sorted(missing)}")
+        if "lidar" in self.encoders and isinstance(self.encoders["lidar"], nn.ModuleDict):
+            missing = {"voxelize", "backbone"} - set(self.encoders["lidar"])
+            if missing:
+                raise ValueError(f"encoders.lidar is missing {sorted(missing)}")
+        if len(self.encoders) > 1 and fuser is None:
+            raise ValueError("a fuser is required with both camera and lidar encoders")
+        self.fuser = fuser if len(self.encoders) > 1 else None
+        self.decoder = _as_module(decoder, "decoder")
+        if isinstance(self.decoder, nn.ModuleDict) and "backbone" not in self.decoder:
+            raise ValueError("decoder mapping needs a 'backbone' (and optionally a 'neck')")
+        heads = dict(heads or {})
+        bad = [k for k in heads if k not in ("object", "map")]
+        if bad:
+            raise ValueError(f"heads: unknown keys {bad} (allowed: ['object', 'map'])")
+        self.heads = nn.ModuleDict({k: v for k, v in heads.items() if v is not None})
+        if not len(self.heads):
+            raise ValueError("heads must configure at least one of 'object' and 'map'")
+        self.loss_scale = {k: float(v) for k, v in (loss_scale or {}).items()}
+        self.score_threshold, self.max_boxes = float(score_threshold), int(max_boxes)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def modalities(self) -> List[str]:
+        """Configured sensor branches, e.g. ``["camera", "lidar"]``."""
+        return list(self.encoders.keys())
+
+    @property
+    def has_object_head(self) -> bool:
+        return "object" in self.heads
+
+    @property
+    def map_classes(self) -> Optional[List[str]]:
+        """Class names of the map head (None without one)."""
+        return list(getattr(self.heads["map"], "classes", ())) if "map" in self.heads else None
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------ forward
+    def _camera(self, enc: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
+        keys = ("points", "camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar_aug_matrix")
+        if isinstance(enc, nn.ModuleDict):
+            img = batch["img"]
+            if img.ndim != 5:
+                raise ValueError(f"batch['img'] must be [B, N, 3, H, W], got {tuple(img.shape)}")
+            B, N = img.shape[:2]
+            feats = _first(enc["neck"](enc["backbone"](img.flatten(0, 1))))
+            feats = feats.view(B, N, *feats.shape[1:])
+            return enc["vtransform"](feats, *(batch.get(k) for k in keys))
+        params = inspect.signature(enc.forward).parameters
+        return enc(**{k: v for k, v in batch.items() if k in params})
+
+    def _lidar(self, enc: nn.Module, points: List[torch.Tensor]) -> torch.Tensor:
+        if isinstance(enc, nn.ModuleDict):
+            return enc["backbone"](enc["voxelize"](points), batch_size=len(points))
+        return enc(points)
+
+    def extract_bev(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """The fused BEV map ``[B, C, X, Y]`` (single encoder: its output)."""
+        feats = []
+        for name, enc in self.encoders.items():
+            feats.append(self._camera(enc, batch) if name == "camera" else self._lidar(enc, batch["points"]))
+        return self.fuser(feats) if self.fuser is not None else feats[0]
+
+    def decode(self, bev: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            return bev
+        if isinstance(self.decoder, nn.ModuleDict):
+            x = self.decoder["backbone"](bev)
+            return _first(self.decoder["neck"](x)) if "neck" in self.decoder else _first(x)
+        return _first(self.decoder(bev))
+
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        dev = self._device()
+        out = dict(batch)
+        for k, v in batch.items():
+            if torch.is_tensor(v) and v.device != dev:
+                out[k] = v.to(dev)
+            elif isinstance(v, (list, tuple)) and v and all(torch.is_tensor(t) for t in v):
+                out[k] = [t.to(dev) for t in v]
+        return out
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """``{"bev": fused map [B, C, X, Y], "features": decoder output, "object": head predictions,
+        "map": logits [B, C_map, X_map, Y_map]}`` (head keys only for configured heads)."""
+        if "points" not in batch or not isinstance(batch["points"], (list, tuple)):
+            raise ValueError("batch['points'] must be a list of B [P_i, 5] tensors")
+        if "camera" in self.encoders and "img" not in batch:
+            raise ValueError("the camera encoder needs batch['img'] [B, N, 3, H, W] (dataset use_camera=true)")
+        batch = self._to_device(batch)
+        bev = self.extract_bev(batch)
+        x = self.decode(bev)
+        out: Dict[str, Any] = {"bev": bev, "features": x}
+        for name, head in self.heads.items():
+            out[name] = head(x)
+        return out
+
+    def loss(self, outputs: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Named loss terms (every value is summed into the training loss) plus detached diagnostics under
+        ``stats/`` (not to be summed): ``object/loss_heatmap``, ``object/loss_cls``, ``object/loss_bbox``,
+        ``stats/object/matched_ious``, ``map/<class>/focal``."""
+        batch = self._to_device(batch)
+        out: Dict[str, torch.Tensor] = {}
+        if "object" in self.heads:
+            w = self.loss_scale.get("object", 1.0)
+            for k, v in self.heads["object"].loss(outputs["object"], batch["gt_boxes"], batch["gt_labels"]).items():
+                if k.startswith("loss"):
+                    out[f"object/{k}"] = w * v
+                else:
+                    out[f"stats/object/{k}"] = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
+        if "map" in self.heads:
+            if "gt_masks_bev" not in batch:
+                raise ValueError("the map head needs batch['gt_masks_bev'] (dataset map_classes)")
+            w = self.loss_scale.get("map", 1.0)
+            for k, v in self.heads["map"].loss(outputs["map"], batch["gt_masks_bev"]).items():
+                out[f"map/{k}"] = w * v
+        return out
+
+    @torch.no_grad()
+    def predict(self, outputs: Dict[str, Any], batch: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+        """Per sample: ``boxes [K, 9]`` (augmented LiDAR frame), ``scores [K]`` (descending), ``labels [K]`` with
+        an object head; ``masks [C_map, X_map, Y_map]`` probabilities with a map head."""
+        B = outputs["bev"].shape[0]
+        res: List[Dict[str, Any]] = [{} for _ in range(B)]
+        if "object" in self.heads:
+            boxes = self.heads["object"].get_bboxes(outputs["object"], score_threshold=self.score_threshold,
+                                                    max_num=self.max_boxes)
+            for r, d in zip(res, boxes):
+                r.update(d)
+        if "map" in self.heads:
+            head = self.heads["map"]
+            probs = head.predict(outputs["map"]) if hasattr(head, "predict") else outputs["map"].sigmoid()
+            for i, r in enumerate(res):
+                r["masks"] = probs[i]
+        return res
