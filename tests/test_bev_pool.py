@@ -280,3 +280,19 @@ def test_property_matches_naive_and_conserves_mass(M, B, X, Y, Z, C, seed):
     for i in range(plan.n_intervals):
         seg = order[starts[i]:starts[i + 1]]
         assert (np.diff(seg) > 0).all() and (ranks[seg] == int(plan.cells[i])).all()
+
+
+def test_torch_path_on_every_device(device):
+    feats, geom, b = _points(500, 2, 5, 6, 2, 3, seed=7)
+    ref = reference.bev_pool_naive(feats, geom, b, 2, 5, 6, 2)
+    f = feats.to(device).requires_grad_()
+    plan = BEVPoolPlan.build(geom.to(device), b.to(device), 2, 5, 6, 2)
+    assert plan.device.type == device.type
+    out = bev_pool_with_plan(f, plan)
+    torch.testing.assert_close(out.cpu(), ref)
+    out.sum().backward()
+    assert (f.grad == 1).all()
+    depth, ctx, geom, b, valid, grid = _depth_case(2)
+    plan = BEVPoolPlan.build(geom, b, *grid, valid=valid).to(device)
+    torch.testing.assert_close(bev_pool_depth(depth.to(device), ctx.to(device), plan).cpu(),
+                               bev_pool_depth(depth, ctx, plan.to("cpu"), impl="torch"))
