@@ -1,4 +1,5 @@
 """Stateless sparse ops (mirrors ``torch.nn.functional``)."""
+from .bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool, bev_pool_depth, bev_pool_with_plan
 from .conv import conv3d, set_autotune, sparse_conv
 from .dense import height_collapse, to_dense
 from .loss import class_weights, lovasz_softmax
@@ -12,4 +13,5 @@ __all__ = ["conv3d", "sparse_conv", "set_autotune", "KernelMap", "build_kernel_m
            "get_transposed_kernel_map", "initial_voxelize", "point_to_voxel", "voxel_to_point",
            "avg_voxelize", "trilinear_devoxelize", "scatter_mean", "devoxelize", "height_collapse", "to_dense",
            "group_norm", "instance_norm", "avg_pool3d", "max_pool3d", "global_avg_pool", "global_max_pool",
-           "sparse_avg_pool", "sparse_max_pool", "lovasz_softmax", "class_weights"]
+           "sparse_avg_pool", "sparse_max_pool", "lovasz_softmax", "class_weights", "bev_pool", "bev_pool_depth", "bev_pool_with_plan",
+           "BEVPoolPlan", "BEVPoolCache"]
