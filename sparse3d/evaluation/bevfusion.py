@@ -231,8 +231,11 @@ class MapIoU:
         """Sum the counts over DDP ranks (no-op without a process group)."""
         from ..engine import distributed as D
         if D.is_distributed():
+            import torch.distributed as dist
+            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else \
+                torch.device("cpu")  # NCCL reduces CUDA tensors only
             for t in (self.tp, self.fp, self.fn):
-                t.copy_(D.all_reduce_sum(t))
+                t.copy_(D.all_reduce_sum(t.to(dev)).cpu())
 
     def compute(self) -> Dict[str, Any]:
         """``{"map_miou", "map_iou": {class: IoU@max}, "map_iou_thresholds": {class: [IoU per threshold]}}``."""
