@@ -234,3 +234,15 @@ def test_plots(tmp_path):
     assert _is_png(p4)
     with pytest.raises(ValueError, match="equal lengths"):
         plot_event_display(ev.x, ev.y, ev.z[:-1], ev.labels(), tmp_path / "bad.png")
+
+
+def test_plots_without_any_matched_cluster(tmp_path):
+    """An untrained model matches nothing: every binned value is NaN; the plots still render (linear axes,
+    'no data') instead of failing on an empty log scale."""
+    from sparse3d.metrics.calo_plots import plot_efficiency, plot_response_resolution
+    nan = np.full(4, np.nan)
+    eff = {"e_center": np.array([1.0, 2.0, 4.0, 8.0]), "efficiency": nan, "efficiency_err": nan,
+           "fake_rate": nan, "fake_rate_err": nan}
+    res = {"e_mean": nan, "response": nan, "response_err": nan, "resolution": nan, "resolution_err": nan, "fit": {}}
+    for p in (plot_efficiency(eff, tmp_path / "e.png"), plot_response_resolution(res, tmp_path / "r.png")):
+        assert (tmp_path / p).stat().st_size > 5000

@@ -29,8 +29,13 @@ def _figure(ncols: int, width: float = 5.0, height: float = 4.0):
 
 
 def _log_x(ax) -> None:
-    """Log x axis with plain major labels and no minor labels."""
+    """Log x axis with plain major labels and no minor labels; a panel without data (e.g. a model that
+    matched nothing) stays linear and says so instead of failing on an empty log scale."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
+    x0, x1 = ax.dataLim.x0, ax.dataLim.x1
+    if not (ax.has_data() and np.isfinite(x0) and np.isfinite(x1) and x0 > 0):
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        return
     ax.set_xscale("log")
     fmt = ScalarFormatter()
     fmt.set_scientific(False)
