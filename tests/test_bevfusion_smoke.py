@@ -173,6 +173,22 @@ def test_single_head_models(batch):
                                             "stats/object/matched_ious"}
 
 
+def test_bn_momentum_override():
+    from sparse3d import nn as spnn
+    dec = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=0.01))
+    enc = nn.Sequential()
+    enc.add_module("bn", spnn.BatchNorm(4))
+    lidar = PointsToBEV()
+    lidar.extra = enc
+    m = BEVFusion({"lidar": lidar}, decoder=dec, heads=_heads(), bn_momentum=0.1)
+    bns = [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) >= 3 and all(x.momentum == 0.1 for x in bns)
+    assert BEVFusion({"lidar": PointsToBEV()}, decoder=nn.Sequential(nn.BatchNorm2d(8, momentum=0.01)),
+                     heads=_heads(map_=False)).decoder[0].momentum == 0.01
+    with pytest.raises(ValueError, match="bn_momentum"):
+        BEVFusion({"lidar": PointsToBEV()}, heads=_heads(), bn_momentum=0.0)
+
+
 def test_lidar_parts_mapping(batch):
     class Vox(nn.Module):
         def forward(self, points):
