@@ -305,6 +305,7 @@ class _DeviceLoader:
 
     def __init__(self, loader: Any, device: torch.device) -> None:
         self.loader, self.device = loader, device
+        self.dataset = getattr(loader, "dataset", None)
 
     def __len__(self) -> int:
         return len(self.loader)

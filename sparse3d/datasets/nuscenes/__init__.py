@@ -15,6 +15,7 @@ __all__ = [
     "cli", "add_arguments", "run", "write_nuscenes_synth", "build_scene", "scene_names", "CUSTOM_SPLITS",
     "NuScenesLoader", "NuScenesDataError", "check_dataroot", "ATTRIBUTES", "CAMERAS", "CATEGORIES",
     "CLASS_COLORS", "DETECTION_CLASSES", "LIDAR", "LOCATIONS", "MAP_CLASSES", "TABLES",
+    "NuScenesDataModule", "NuScenesDataset", "collate_nuscenes", "NuScenesLidarSeg", "NuScenesLidarSegDataModule",
 ]
 _LAZY = ("NuScenesLoader", "NuScenesDataError", "check_dataroot")
 
@@ -23,4 +24,10 @@ def __getattr__(name):
     if name in _LAZY:
         from . import loader
         return getattr(loader, name)
+    if name in ("NuScenesDataModule", "NuScenesDataset", "collate_nuscenes"):
+        from . import module
+        return getattr(module, name)
+    if name in ("NuScenesLidarSeg", "NuScenesLidarSegDataModule"):
+        from . import lidarseg
+        return getattr(lidarseg, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,8 @@ TensorBoard, DDP); a task owns the rest. A task has
 
 Tasks are plain classes built by Hydra (``configs/task/``); there is no registry.
 """
+from .bevfusion import BEVFusionTask
+from .calo import CaloTask
 from .segmentation import SegmentationTask, format_iou_table, segmentation_loss
 
-__all__ = ["SegmentationTask", "segmentation_loss", "format_iou_table"]
+__all__ = ["SegmentationTask", "CaloTask", "BEVFusionTask", "segmentation_loss", "format_iou_table"]

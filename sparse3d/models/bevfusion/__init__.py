@@ -5,5 +5,7 @@ BEV maps are ``[B, C, X, Y]`` (dim 2 = LiDAR x from ``xbound[0]``, dim 3 = LiDAR
 from .camera import (CameraEncoder, DepthLSSTransform, GeneralizedLSSFPN, LSSTransform, ResNetBackbone,
                      SwinTBackbone)
 
-__all__ = ["CameraEncoder", "ResNetBackbone", "SwinTBackbone", "GeneralizedLSSFPN", "LSSTransform",
+from .bevfusion import BEVFusion
+
+__all__ = ["BEVFusion", "CameraEncoder", "ResNetBackbone", "SwinTBackbone", "GeneralizedLSSFPN", "LSSTransform",
            "DepthLSSTransform"]
