@@ -208,7 +208,9 @@ def test_resume_gives_identical_weights(tiny_root, tmp_path, monkeypatch):
         assert torch.equal(v, resumed["model"][k]), k
     assert straight["scheduler"]["last_epoch"] == resumed["scheduler"]["last_epoch"] == 4
     for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+        assert a.keys() == b.keys()  # AdamW (the default recipe): step, exp_avg, exp_avg_sq
+        for key in a:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
 
 
 def test_resume_true_without_checkpoint(tiny_root, tmp_path):
