@@ -56,3 +56,20 @@ def random_coords(n: int, extent: int = 8, batch: int = 2, seed: int = 0, low: i
     b = torch.randint(0, batch, (n, 1), generator=g)
     xyz = torch.randint(low, low + extent, (n, 3), generator=g)
     return torch.unique(torch.cat([b, xyz], 1), dim=0).to(torch.int32)
+
+
+def compose_config(name: str, overrides=()):
+    """Compose ``configs/<name>.yaml`` as the Hydra entry points do (``hydra:`` resolvers set, the ``hydra``
+    node removed). Import with ``from conftest import compose_config``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -2,12 +2,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -25,13 +23,7 @@ SEG_DATASETS = [d for d in _options("dataset") if d.startswith(("semantic_kitti"
 
 def compose_train(overrides=()):
     """Compose ``configs/train.yaml`` as ``tools/train.py`` would (``hydra:`` resolvers set)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_config("train", overrides)
 
 
 def _instantiate_all(cfg, forward=False):
