@@ -130,6 +130,12 @@ def test_condensation_claim_rules():
     # low-beta hits near a condensation point are claimed; ties in beta go to the lower index
     assert condensation_clustering(X, np.array([0.5, 0.5, 0.0, 0.0, 0.0]), 0.1, 0.6).tolist() == [0, 0, -1, -1, -1]
     assert condensation_clustering(np.zeros((0, 2)), np.zeros(0)).shape == (0,)
+    # min_hits dissolves small clusters and renumbers the rest in order
+    X2 = np.array([[0.0], [5.0], [5.1], [9.0], [9.1], [9.2]])
+    b2 = np.array([0.9, 0.8, 0.1, 0.7, 0.1, 0.1])
+    assert condensation_clustering(X2, b2, 0.5, 0.5).tolist() == [0, 1, 1, 2, 2, 2]
+    assert condensation_clustering(X2, b2, 0.5, 0.5, min_hits=2).tolist() == [-1, 0, 0, 1, 1, 1]
+    assert condensation_clustering(X2, b2, 0.5, 0.5, min_hits=9).tolist() == [-1] * 6
     assert condensation_clustering(np.ones((1, 3)), np.array([0.5])).tolist() == [0]
 
 
@@ -150,3 +156,5 @@ def test_condensation_events_and_bad_input():
         condensation_clustering(np.zeros((3, 2)), np.zeros(3), mask=np.ones(2, bool))
     with pytest.raises(ValueError, match="offsets"):
         condensation_events(X, beta, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="min_hits"):
+        condensation_clustering(np.zeros((3, 2)), np.zeros(3), min_hits=0)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from sparse3d.models.calo.losses import (cluster_centres, instance_ids, object_condensation_loss, offset_loss,
-                                         semantic_loss)
+from sparse3d.models.calo.losses import (Z_REF, cluster_centres, cluster_space, instance_ids,
+                                         object_condensation_loss, offset_loss, semantic_loss)
 
 
 def _oc_loop(embed, beta, cl, offsets, q_min=0.1, s_b=1.0):
@@ -90,6 +90,28 @@ def test_semantic_and_offset_loss():
     assert pred.grad[2].abs().sum() == 0 and pred.grad[0, 0] < 0
     none = offset_loss(pred, xyz, energy, torch.full((3,), -1), off)
     assert float(none.detach()) == 0.0 and none.requires_grad
+
+
+def test_projective_cluster_space_and_offset_loss():
+    p = torch.tensor([[10.0, -20.0, 350.0], [20.0, -40.0, 700.0], [10.0, 5.0, -350.0], [1.0, 1.0, 0.0]])
+    q = cluster_space(p, "projective", (1.0, 1.0, 5.0))
+    torch.testing.assert_close(q[0], torch.tensor([10.0, -20.0, 70.0]))
+    torch.testing.assert_close(q[1, :2], q[0, :2])               # same ray from the origin: same (u, v)
+    torch.testing.assert_close(q[2], torch.tensor([10.0, 5.0, -70.0]))   # negative endcap: |z|
+    assert torch.isfinite(q[3]).all()                            # |z| floored
+    torch.testing.assert_close(cluster_space(p, "cartesian", (2.0, 2.0, 2.0)), p / 2)
+    with pytest.raises(ValueError, match="space"):
+        cluster_space(p, "polar")
+    # a prediction off by a shift along the shower ray costs only the (down-weighted) depth term
+    xyz = torch.tensor([[35.0, 0.0, 350.0], [37.0, 0.0, 370.0]])
+    cl, off, energy = torch.tensor([0, 0]), torch.tensor([0, 2]), torch.ones(2)
+    centre = cluster_centres(xyz, energy, cl, off)               # (36, 0, 360)
+    along = centre * (380.0 / 360.0) - xyz                       # lands 20 cm deeper on the same ray
+    lo = offset_loss(along, xyz, energy, cl, off, space="projective", axis_scale=(1.0, 1.0, 5.0))
+    assert float(lo) == pytest.approx(20.0 / 5.0, rel=1e-5)
+    lo_c = offset_loss(along, xyz, energy, cl, off)
+    assert float(lo_c) > float(lo)
+    assert Z_REF == 350.0
 
 
 # ----------------------------------------------------------------------------- object condensation

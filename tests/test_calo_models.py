@@ -213,11 +213,11 @@ def test_tiny_overfit(name):
     m = MODELS[name]()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(40):
         loss, _ = m.loss(m(b), b)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.5 * first, (first, last)
+    assert last < 0.5 * first, (first, last)   # at least halved

@@ -51,13 +51,25 @@ def _np(a, dtype):
     return np.ascontiguousarray(np.asarray(a, dtype=dtype))
 
 
-def condensation_clustering(embed, beta, t_beta: float = 0.1, t_d: float = 1.0, mask=None) -> np.ndarray:
+def _dissolve(labels: np.ndarray, min_hits: int) -> np.ndarray:
+    if min_hits <= 1 or labels.size == 0 or labels.max() < 0:
+        return labels
+    n = np.bincount(labels[labels >= 0])
+    keep = n >= min_hits
+    new = np.full(n.size + 1, -1, np.int64)             # slot n.size: label -1 stays -1
+    new[:n.size][keep] = np.arange(int(keep.sum()))
+    return new[labels]
+
+
+def condensation_clustering(embed, beta, t_beta: float = 0.1, t_d: float = 1.0, mask=None,
+                            min_hits: int = 1) -> np.ndarray:
     """Cluster one event.
 
     Args:
         embed: ``[n, D]`` clustering coordinates. beta: ``[n]`` condensation scores.
         t_beta: minimal beta of a condensation point. t_d: claim radius (strict ``<``).
         mask: optional ``[n]`` bool, True = hit may be clustered (False -> -1).
+        min_hits: smallest cluster kept (smaller ones -> -1, ids renumbered in order).
     Returns:
         ``[n]`` int64 labels (module docstring).
     Raises:
@@ -74,12 +86,15 @@ def condensation_clustering(embed, beta, t_beta: float = 0.1, t_d: float = 1.0, 
     allowed = np.ones(X.shape[0], np.bool_) if mask is None else _np(mask, np.bool_)
     if allowed.shape != (X.shape[0],):
         raise ValueError(f"mask must be [{X.shape[0]}], got {allowed.shape}")
+    if int(min_hits) < 1:
+        raise ValueError(f"min_hits must be >= 1, got {min_hits!r}")
     if X.shape[0] == 0:
         return np.zeros(0, np.int64)
-    return _condense(X, b, allowed, float(t_beta), float(t_d))
+    return _dissolve(_condense(X, b, allowed, float(t_beta), float(t_d)), int(min_hits))
 
 
-def condensation_events(embed, beta, offsets, t_beta: float = 0.1, t_d: float = 1.0, mask=None) -> List[np.ndarray]:
+def condensation_events(embed, beta, offsets, t_beta: float = 0.1, t_d: float = 1.0, mask=None,
+                        min_hits: int = 1) -> List[np.ndarray]:
     """:func:`condensation_clustering` per event (``offsets [B + 1]``); one int64 array per event."""
     X = _np(embed, np.float64)
     b = _np(beta, np.float64)
@@ -87,5 +102,5 @@ def condensation_events(embed, beta, offsets, t_beta: float = 0.1, t_d: float = 
     if off.ndim != 1 or off.size < 1 or off[0] != 0 or off[-1] != X.shape[0] or (np.diff(off) < 0).any():
         raise ValueError(f"offsets must be non-decreasing from 0 to {X.shape[0]}")
     m = None if mask is None else _np(mask, np.bool_)
-    return [condensation_clustering(X[s:e], b[s:e], t_beta, t_d, None if m is None else m[s:e])
+    return [condensation_clustering(X[s:e], b[s:e], t_beta, t_d, None if m is None else m[s:e], min_hits)
             for s, e in zip(off[:-1], off[1:])]

@@ -2,7 +2,8 @@ r"""Losses of the calorimeter clustering models (stateless functions).
 
 - :func:`semantic_loss`: cross-entropy of the signal/noise logits.
 - :func:`offset_loss`: L1 regression of the per-hit vector to its cluster's energy-weighted
-  centre (the DS-Net / calo-cluster offset head; calo-cluster uses the box centre).
+  centre (the DS-Net / calo-cluster offset head; calo-cluster uses the box centre), optionally
+  measured in a clustering space (:func:`cluster_space`).
 - :func:`object_condensation_loss`: attractive, repulsive and beta terms of object
   condensation (Kieseler, EPJC 80 (2020) 886, https://arxiv.org/abs/2002.03605), in the
   paper's form: charge ``q = artanh^2(beta) + q_min``; per event with ``N`` hits and
@@ -29,7 +30,12 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["instance_ids", "cluster_centres", "semantic_loss", "offset_loss", "object_condensation_loss"]
+__all__ = ["instance_ids", "cluster_centres", "cluster_space", "semantic_loss", "offset_loss",
+           "object_condensation_loss", "CLUSTER_SPACES", "Z_REF", "Z_MIN"]
+
+CLUSTER_SPACES = ("cartesian", "projective")
+Z_REF = 350.0   # cm: reference depth of the projective space (mid HGCAL CE-E/CE-H)
+Z_MIN = 100.0   # cm: |z| floor inside the projection (keeps it finite for wild predictions)
 
 
 def _event_index(offsets: torch.Tensor, device) -> torch.Tensor:
@@ -87,6 +93,22 @@ def cluster_centres(xyz: torch.Tensor, energy: torch.Tensor, cluster_idx: torch.
     return out
 
 
+def cluster_space(p: torch.Tensor, space: str = "cartesian", scale=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Map positions ``p [P, 3]`` (cm) to a clustering space, then divide by ``scale`` per axis.
+
+    ``"cartesian"``: ``p``. ``"projective"``: ``(x Z_REF / |z|, y Z_REF / |z|, z)`` with
+    ``|z|`` floored at ``Z_MIN``: points on one ray from the interaction point (a shower axis)
+    share ``(u, v)``, so an error along the axis moves only the third coordinate.
+    Differentiable; ``[P, 3]`` in p's dtype.
+    """
+    if space not in CLUSTER_SPACES:
+        raise ValueError(f"space must be one of {CLUSTER_SPACES}, got {space!r}")
+    if space == "projective":
+        r = Z_REF / p[:, 2:3].abs().clamp(min=Z_MIN)
+        p = torch.cat([p[:, :2] * r, p[:, 2:3]], 1)
+    return p / p.new_tensor(scale)
+
+
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy; ``logits [P, C]`` float, ``target [P]`` int64. 0 (with grad) if ``P = 0``."""
     if logits.shape[0] == 0:
@@ -95,20 +117,29 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def offset_loss(offset: torch.Tensor, xyz: torch.Tensor, energy: torch.Tensor, cluster_idx: torch.Tensor,
-                offsets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """L1 offset regression over signal hits: ``mean_i sum_c |o_ic - (centre_ic - x_ic)| / scale``.
+                offsets: torch.Tensor, scale: float = 1.0, space: str = "cartesian",
+                axis_scale=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """L1 offset regression over signal hits, in a clustering space.
+
+    ``mean_i sum_c |f(x_i + o_i)_c - f(centre_i)_c| / scale`` with
+    ``f = cluster_space(., space, axis_scale)``; for the defaults this is the plain
+    ``mean_i sum_c |o_ic - (centre_ic - x_ic)|``.
 
     Args:
         offset: ``[P, 3]`` predicted hit -> centre vectors (cm). xyz, energy, cluster_idx,
-            offsets: as in :func:`cluster_centres`. scale: cm per loss unit.
+            offsets: as in :func:`cluster_centres`. scale: loss unit (in clustering units).
+        space, axis_scale: see :func:`cluster_space`.
     Returns:
         Scalar; 0 (with grad) when the batch has no signal hit.
     """
     sig = cluster_idx >= 0
     if not bool(sig.any()):
         return offset.sum() * 0.0
-    target = cluster_centres(xyz, energy, cluster_idx, offsets) - xyz
-    return (offset[sig] - target[sig].to(offset.dtype)).abs().sum(1).mean() / scale
+    xyz = xyz.to(offset.dtype)
+    centre = cluster_centres(xyz, energy, cluster_idx, offsets)
+    pred = cluster_space(xyz[sig] + offset[sig], space, axis_scale)
+    target = cluster_space(centre[sig], space, axis_scale)
+    return (pred - target).abs().sum(1).mean() / scale
 
 
 def object_condensation_loss(embed: torch.Tensor, beta: torch.Tensor, cluster_idx: torch.Tensor,
