@@ -52,7 +52,7 @@ class CaloSPVCNN(nn.Module):
     ``[32, 32, 64, 128, 256, 256, 128, 96, 96] x cr``).
 
     **Per-hit outputs.** The point branch lives on the hits: point features start as the
-    stem output interpolated at each hit (``voxel_to_point``, trilinear) **plus** a per-hit
+    stem output read at each hit (``voxel_to_point``, trilinear or nearest) **plus** a per-hit
     MLP (Linear + BN + ReLU) of the hit's own inputs, so hits sharing a voxel differ; they are
     fused with the voxel branch three times as in SPVCNN (after the encoder, ``up2`` and
     ``up4``; ``point_to_voxel`` scatter-mean + dropout back to the voxels). The hit inputs are
@@ -70,9 +70,15 @@ class CaloSPVCNN(nn.Module):
         instance_mode: ``"offset"`` or ``"condensation"``. embed_dim: OC clustering dimension.
         head_hidden: hidden width of the heads.
         **head_kwargs: loss weights and clustering parameters of
-            :class:`~sparse3d.models.calo.heads.CaloHeads` (``offset_scale``, ``sem_weight``,
-            ``offset_weight``, ``oc_weight``, ``q_min``, ``s_b``, ``bandwidth``, ``max_iter``,
-            ``t_beta``, ``t_d``, ``mask_noise``).
+            :class:`~sparse3d.models.calo.heads.CaloHeads` (``offset_scale``, ``cluster_space``,
+            ``cluster_scale``, ``sem_weight``, ``offset_weight``, ``oc_weight``, ``q_min``, ``s_b``,
+            ``bandwidth``, ``min_count``, ``max_iter``, ``t_beta``, ``t_d``, ``min_hits``, ``mask_noise``).
+
+    **Speed vs accuracy** (default generator events, ~1200 hits; forward ms per event at 2
+    threads, quiet machine; validation PQ after 10 CPU-minutes of training on 400 events, offset
+    head): ``cr=0.5`` MinkUNet18 with trilinear devoxelization 87 ms at batch 1 / 28 ms at batch 8,
+    PQ 0.71; ``cr=0.25, res_blocks=1, devoxelize="nearest"`` 49 / 15 ms, PQ 0.71 (it fits twice
+    the epochs into the same budget). GravNetOC: 86 / 73 ms.
 
     ``forward(batch)`` takes the calo batch dict (``points [P, 4]`` float (b, x, y, z in cm),
     ``feats [P, F]`` float, ``offsets [B + 1]`` int64) and returns per-hit
