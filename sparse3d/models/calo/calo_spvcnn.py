@@ -74,17 +74,12 @@ class CaloSPVCNN(nn.Module):
             ``cluster_scale``, ``sem_weight``, ``offset_weight``, ``oc_weight``, ``q_min``, ``s_b``,
             ``bandwidth``, ``min_count``, ``max_iter``, ``t_beta``, ``t_d``, ``min_hits``, ``mask_noise``).
 
-    **Speed vs accuracy** (default generator events, ~1200 hits; forward ms per event at 2
-    threads, quiet machine; validation PQ after 10 CPU-minutes of training on 400 events, offset
-    head): ``cr=0.5`` MinkUNet18 with trilinear devoxelization 87 ms at batch 1 / 28 ms at batch 8,
-    PQ 0.71; ``cr=0.25, res_blocks=1, devoxelize="nearest"`` 49 / 15 ms, PQ 0.71 (it fits twice
-    the epochs into the same budget). GravNetOC: 86 / 73 ms.
-
-    ``forward(batch)`` takes the calo batch dict (``points [P, 4]`` float (b, x, y, z in cm),
-    ``feats [P, F]`` float, ``offsets [B + 1]`` int64) and returns per-hit
-    ``semantic_logits [P, 2]`` and ``offset [P, 3]`` (cm) or ``embed [P, D]`` + ``beta [P]``.
-    Batches or events without hits pass through (zero rows). ``loss(outputs, batch)`` and
-    ``cluster(outputs, batch)`` are those of the heads.
+    **Speed vs accuracy** (default generator events, ~1200 hits; forward ms per event at batch
+    1 / batch 8, 2 threads, quiet 2-core machine; validation PQ on 48 events after 10 CPU-minutes
+    of training on 400 events, offset head): ``cr=0.5`` MinkUNet18 + trilinear: 103 / 27 ms,
+    PQ 0.74; ``cr=0.25, res_blocks=1, devoxelize="nearest"``: 50 / 15 ms, PQ 0.76 (it fits
+    twice the epochs into the budget). GravNetOC: 84 / 71 ms, PQ 0.38. At 1 thread the light
+    model takes 35 / 12 ms and GravNetOC 99 / 104 ms.
     """
 
     def __init__(self, in_channels: int = 3, cr: float = 0.5,

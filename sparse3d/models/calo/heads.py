@@ -111,7 +111,9 @@ class CaloHeads(nn.Module):
         bandwidth: mean-shift radius on ``hit + offset`` (clustering units: cm transverse).
         min_count: minimal mode intensity of mean-shift (hits within ``bandwidth``); weaker
             modes do not become clusters (their hits join the nearest kept mode).
-        max_iter: mean-shift steps.
+        max_iter: mean-shift steps. bin_seeding: seed mean-shift from the occupied cells of a
+            grid of side ``bandwidth`` (default; scikit-learn's option) instead of from every hit
+            (calo-cluster): same PQ on validation events, ~9x less clustering time.
         t_beta, t_d: condensation threshold and claim radius (embedding units); 0.3 / 0.7 were
             the best of a small grid on validation events for both models (paper: 0.1 / 1.0).
         min_hits: condensation clusters with fewer hits are dissolved (-1).
@@ -123,7 +125,8 @@ class CaloHeads(nn.Module):
                  cluster_scale: Sequence[float] = (1.0, 1.0, 5.0),
                  sem_weight: float = 1.0, offset_weight: float = 1.0, oc_weight: float = 1.0, q_min: float = 1.0,
                  s_b: float = 1.0, bandwidth: float = 3.0, min_count: int = 20, max_iter: int = 300,
-                 t_beta: float = 0.3, t_d: float = 0.7, min_hits: int = 10, mask_noise: bool = True) -> None:
+                 bin_seeding: bool = True, t_beta: float = 0.3, t_d: float = 0.7, min_hits: int = 10,
+                 mask_noise: bool = True) -> None:
         super().__init__()
         if instance_mode not in INSTANCE_MODES:
             raise ValueError(f"instance_mode must be one of {INSTANCE_MODES}, got {instance_mode!r}")
@@ -148,6 +151,7 @@ class CaloHeads(nn.Module):
         self.offset_scale, self.sem_weight, self.offset_weight, self.oc_weight = \
             float(offset_scale), float(sem_weight), float(offset_weight), float(oc_weight)
         self.cluster_space, self.cluster_scale, self.min_count = cluster_space, cscale, int(min_count)
+        self.bin_seeding = bool(bin_seeding)
         self.q_min, self.s_b, self.bandwidth, self.max_iter = float(q_min), float(s_b), float(bandwidth), int(max_iter)
         if int(min_hits) < 1:
             raise ValueError(f"min_hits must be >= 1, got {min_hits!r}")
@@ -204,7 +208,8 @@ class CaloHeads(nn.Module):
             ignore = (0,) if self.mask_noise else ()
             classes = cls if self.mask_noise else None
             return mean_shift_events(pts, off, classes, bandwidth=self.bandwidth, ignore_classes=ignore,
-                                     max_iter=self.max_iter, min_count=self.min_count)
+                                     max_iter=self.max_iter, min_count=self.min_count,
+                                     bin_seeding=self.bin_seeding)
         mask = (cls != 0) if self.mask_noise else None
         return condensation_events(outputs["embed"].cpu(), outputs["beta"].cpu(), off, self.t_beta, self.t_d, mask,
                                    self.min_hits)
