@@ -72,7 +72,8 @@ class CaloSPVCNN(nn.Module):
         **head_kwargs: loss weights and clustering parameters of
             :class:`~sparse3d.models.calo.heads.CaloHeads` (``offset_scale``, ``cluster_space``,
             ``cluster_scale``, ``sem_weight``, ``offset_weight``, ``oc_weight``, ``q_min``, ``s_b``,
-            ``bandwidth``, ``min_count``, ``max_iter``, ``t_beta``, ``t_d``, ``min_hits``, ``mask_noise``).
+            ``bandwidth``, ``min_count``, ``max_iter``, ``bin_seeding``, ``t_beta``, ``t_d``, ``min_hits``,
+            ``mask_noise``).
 
     **Speed vs accuracy** (default generator events, ~1200 hits; forward ms per event at batch
     1 / batch 8, 2 threads, quiet 2-core machine; validation PQ on 48 events after 10 CPU-minutes
