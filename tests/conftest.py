@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sparse3d  # noqa: F401  (before torch: passive OpenMP waiting, as in the entry scripts)
+
 import numpy as np
 import pytest
 import torch
