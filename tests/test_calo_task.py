@@ -330,6 +330,41 @@ def test_evaluate_events_perfect_model(dm):
     assert "PQ_ev" in format_panoptic_table(r["panoptic"])
 
 
+def test_network_throughput_counts_every_event(dm):
+    events = dm.events("test_pu")                    # 2 events
+
+    class Counting(PerfectModel):
+        calls, rows = 0, 0
+
+        def forward(self, batch):
+            Counting.calls += 1
+            Counting.rows += int(batch["offsets"].numel() - 1)
+            return super().forward(batch)
+
+    m = Counting().eval()
+    tp = EC.network_throughput(m, events, dm.collate, [1, 2], repeats=2)
+    assert set(tp) == {1, 2}
+    for v in tp.values():
+        assert v["wall_ms"] > 0 and v["cpu_ms"] >= 0 and v["wall_ms_min"] <= v["wall_ms"]
+    # bs 1: 2 warm-up + 2 x 2 timed calls; bs 2: 1 warm-up + 2 x 1 timed; every timed pass sees both events
+    assert Counting.calls == (2 + 4) + (1 + 2) and Counting.rows == (2 + 4) + (2 + 4)
+    assert EC.network_throughput(m, [], dm.collate, [4]) == {}
+    with pytest.raises(ValueError, match="batch_sizes"):
+        EC.network_throughput(m, events, dm.collate, [0])
+
+
+def test_throughput_speedups_in_table():
+    def res(m, c, wall):
+        sp = _fake_split(10, 5.0)
+        sp["throughput"] = {"8": {"wall_ms": wall, "cpu_ms": wall, "wall_ms_min": wall}}
+        return {"method": m, "model_class": c, "num_threads": 1, "device": "cpu", "splits": {"test": sp}}
+    rows = EC.combine_results([res("Calo-SPVCNN", "CaloSPVCNN", 2.0), res("GravNet+OC", "GravNetOC", 30.0)])
+    assert rows[0]["throughput"][8]["speedup"] == pytest.approx(15.0)
+    assert rows[1]["throughput"][8]["speedup"] == pytest.approx(1.0)
+    md = EC.table_markdown(rows)
+    assert "batch 8: speedup" in md and "| Calo-SPVCNN | test | 2.00 / 2.00 | 15.0x |" in md
+
+
 @pytest.mark.parametrize("experiment", ["calo_spvcnn", "calo_gravnet"])
 def test_experiment_trains_and_evaluates(dm, tmp_path, experiment):
     """Tiny smoke test of the configs: compose -> Trainer.fit with CaloTask (1 epoch) -> eval_fn."""

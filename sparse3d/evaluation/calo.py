@@ -23,9 +23,15 @@ Files written to ``output_dir``: ``calo_result.json`` (everything), ``calo_table
 with the GravNet result (model class ``GravNetOC``) of ``calo_eval.gravnet_result`` or
 ``<results_dir>/*.json``, on the same split, number of events and threads.
 
+Network **throughput** is measured as well (:func:`network_throughput`): the same events run through
+``model(batch)`` in batches of each size of ``calo_eval.batch_sizes`` (offline reconstruction batches
+events; batch 1 is the trigger-like latency above), per-event wall and CPU time, median of ``repeats``
+passes; the speedup against GravNet+OC is given per batch size.
+
 Options (``cfg.calo_eval``, all optional): ``warmup`` (3), ``max_events`` (null = all),
 ``pileup`` (true), ``plots`` (true: the PNGs), ``display_event`` (0; null: no event display),
-``results_dir`` (``<paths.output_root>/calo_results``), ``gravnet_result`` (null).
+``results_dir`` (``<paths.output_root>/calo_results``), ``gravnet_result`` (null), ``batch_sizes``
+([8, 32]; [] to skip), ``repeats`` (3).
 """
 from __future__ import annotations
 
@@ -41,11 +47,11 @@ from ..engine.tasks.calo import panoptic_summary, _pq_vector
 from ..metrics.calo_response import ResponseMetric
 from ..metrics.panoptic import PanopticQuality
 
-__all__ = ["evaluate", "evaluate_events", "method_name", "result_row", "table_markdown", "write_table",
-           "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
+__all__ = ["evaluate", "evaluate_events", "network_throughput", "method_name", "result_row", "table_markdown",
+           "write_table", "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
 
 EVAL_DEFAULTS = {"warmup": 3, "max_events": None, "pileup": True, "plots": True, "display_event": 0,
-                 "results_dir": None, "gravnet_result": None}
+                 "results_dir": None, "gravnet_result": None, "batch_sizes": [8, 32], "repeats": 3}
 PARTICLE_GROUPS = {"photon": 22, "electron": 11, "pion": 211}
 _METHOD_NAMES = {"CaloSPVCNN": "Calo-SPVCNN", "GravNetOC": "GravNet+OC", "CLUEClusterer": "CLUE"}
 _GRAVNET_CLASS = "GravNetOC"
@@ -146,6 +152,49 @@ def evaluate_events(model, events, collate, device: Union[str, torch.device] = "
             "total_ms": _stats(tot), "response": response, "labels": kept}
 
 
+@torch.no_grad()
+def network_throughput(model, events, collate, batch_sizes: Sequence[int], device: Union[str, torch.device] = "cpu",
+                       repeats: int = 3) -> Dict[int, Dict[str, float]]:
+    """Network time per event when ``events`` go through ``model(batch)`` in batches.
+
+    For each batch size ``bs``, the events are cut into consecutive batches of ``bs`` (the last may be
+    smaller); one untimed pass over the first two batches warms up, then ``repeats`` timed passes over all
+    of them. Batches are collated before timing (data preparation is not network time).
+
+    Returns:
+        ``{bs: {"wall_ms", "cpu_ms", "wall_ms_min"}}``: per-event wall-clock and process CPU time (median
+        over the passes; ``wall_ms_min`` the fastest pass), all in milliseconds.
+    """
+    device = torch.device(device)
+    events = list(events)
+    out: Dict[int, Dict[str, float]] = {}
+    if not events:
+        return out
+    for bs in batch_sizes:
+        bs = int(bs)
+        if bs < 1:
+            raise ValueError(f"calo_eval.batch_sizes must be positive ints, got {bs}")
+        batches = []
+        for i in range(0, len(events), bs):
+            b = collate.events(events[i:i + bs], [f"tp/{j}" for j in range(i, min(i + bs, len(events)))])
+            batches.append({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+        for b in batches[:2]:
+            model(b)
+        wall, cpu = [], []
+        for _ in range(max(1, int(repeats))):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t, c = time.perf_counter(), time.process_time()
+            for b in batches:
+                model(b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall.append(1e3 * (time.perf_counter() - t) / len(events))
+            cpu.append(1e3 * (time.process_time() - c) / len(events))
+        out[bs] = {"wall_ms": float(np.median(wall)), "cpu_ms": float(np.median(cpu)), "wall_ms_min": float(min(wall))}
+    return out
+
+
 def _response_brief(s: dict) -> dict:
     fit = s.get("fit", {})
     keys = ("bins", "e_center", "e_mean", "n_true", "efficiency", "efficiency_err", "n_pred", "fake_rate",
@@ -165,7 +214,8 @@ def result_row(result: Dict[str, Any], split: str) -> Dict[str, Any]:
             "sq": c["sq"], "rq": c["rq"], "pq": c["pq"], "pq_event": c["pq_event"],
             "wsq": e["sq"], "wrq": e["rq"], "wpq": e["pq"], "wpq_event": e["pq_event"],
             "net_ms": s["net_ms"]["mean"], "cluster_ms": s["cluster_ms"]["mean"], "total_ms": s["total_ms"]["mean"],
-            "speedup_net": None, "speedup_total": None}
+            "speedup_net": None, "speedup_total": None,
+            "throughput": {int(k): dict(v, speedup=None) for k, v in (s.get("throughput") or {}).items()}}
 
 
 def _add_speedups(rows: List[dict], reference: Optional[List[dict]] = None) -> List[dict]:
@@ -178,6 +228,11 @@ def _add_speedups(rows: List[dict], reference: Optional[List[dict]] = None) -> L
                 for k, t in (("speedup_net", "net_ms"), ("speedup_total", "total_ms")):
                     if g.get(t) and r.get(t):
                         r[k] = g[t] / r[t]
+                for bs, v in (r.get("throughput") or {}).items():
+                    gv = (g.get("throughput") or {}).get(bs)
+                    if gv and gv.get("wall_ms") and v.get("wall_ms"):
+                        v["speedup"] = gv["wall_ms"] / v["wall_ms"]
+                        v["speedup_cpu"] = gv["cpu_ms"] / v["cpu_ms"] if v.get("cpu_ms") else None
                 break
     return rows
 
@@ -211,6 +266,20 @@ def table_markdown(rows: List[dict], title: str = "") -> str:
               f"Latency per event at batch size 1 on {', '.join(devices)} with {', '.join(threads)} thread(s): "
               "network = model forward, clustering = model.cluster (CLUE: all of its time). Speedup = "
               "GravNet+OC time / method time on the same split, events and threads."]
+    sizes = sorted({int(bs) for r in rows for bs in (r.get("throughput") or {})})
+    if sizes:
+        lines += ["", "Network throughput (same events in batches; ms per event, wall clock / process CPU; "
+                  "speedup = GravNet+OC wall time / method wall time at the same batch size):", "",
+                  "| method | split | " + " | ".join(f"batch {b}: ms/event | batch {b}: speedup" for b in sizes) + " |",
+                  "|---|---|" + "---:|---:|" * len(sizes)]
+        for r in rows:
+            tp = r.get("throughput") or {}
+            cells = []
+            for b in sizes:
+                v = tp.get(b) or tp.get(str(b))
+                cells += (["n/a", "n/a"] if not v else
+                          [f"{ms(v.get('wall_ms'))} / {ms(v.get('cpu_ms'))}", x(v.get("speedup"))])
+            lines.append(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -358,6 +427,8 @@ def evaluate(cfg) -> Dict[str, Any]:
             continue
         r = evaluate_events(model, events, dm.collate, device, opts["warmup"], split, progress,
                             keep=(display,) if display >= 0 else ())
+        r["throughput"] = network_throughput(model, events, dm.collate, opts["batch_sizes"] or [], device,
+                                             opts["repeats"])
         if opts["plots"]:
             result["plots"][split] = _plots(r, out, split, events, method, display)
         result["splits"][split] = {k: (v if k != "response" else {g: _response_brief(s) for g, s in v.items()})
