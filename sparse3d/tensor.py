@@ -241,7 +241,12 @@ class PointTensor:
         return self.feats.shape[0]
 
     def replace(self, feats: torch.Tensor) -> "PointTensor":
-        out = PointTensor(feats, self.coords)
+        _check_feats(feats)
+        if feats.shape[0] != self.coords.shape[0]:
+            raise ValueError(f"feats and coords length mismatch: {feats.shape[0]} vs {self.coords.shape[0]}")
+        out = PointTensor.__new__(PointTensor)     # the coordinates were checked when self was built
+        out.feats, out.coords = feats, self.coords
+        out._coords_checked = getattr(self, "_coords_checked", None)
         out.idx_query, out.weights = self.idx_query, self.weights
         out.additional_features = self.additional_features
         return out

@@ -458,6 +458,16 @@ def test_bad_input_raises():
         P.initial_voxelize(z_nan)
     with pytest.raises(ValueError, match="NaN"):
         P.voxel_to_point(x, z_nan)
+    # checked coordinates are remembered (replace() shares them), but an in-place edit is re-checked
+    z_ok = make_points(10)
+    P.initial_voxelize(z_ok)
+    z_rep = z_ok.replace(z_ok.feats * 2)
+    assert z_rep.coords is z_ok.coords and z_rep._coords_checked[0] is z_ok.coords
+    z_rep.coords[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        P.voxel_to_point(x, z_rep)
+    with pytest.raises(ValueError, match="length mismatch"):
+        z_ok.replace(z_ok.feats[:3])
     z_bad = make_points(10)
     z_bad.feats = z_bad.feats[:7]
     with pytest.raises(ValueError, match="z.feats has 7 rows"):

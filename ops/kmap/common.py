@@ -19,12 +19,25 @@ MAX_KEY_BITS = 62
 def kernel_offsets(kernel_size: Sequence[int], dilation: Sequence[int],
                    tensor_stride: Sequence[int], device=None) -> torch.Tensor:
     """Return ``[K, 3]`` int32 xyz offsets in input-voxel units (order documented above)."""
+    key = (tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation), tuple(int(v) for v in tensor_stride))
+    cached = _OFFSETS.get(key)
+    if cached is None:
+        cached = _OFFSETS[key] = _kernel_offsets(*key)
+        if len(_OFFSETS) > 256:
+            _OFFSETS.pop(next(iter(_OFFSETS)))
+    return cached.clone() if device is None else cached.to(device, copy=True)
+
+
+_OFFSETS: dict = {}
+
+
+def _kernel_offsets(kernel_size, dilation, tensor_stride) -> torch.Tensor:
     axes = []
     for K, d, t in zip(kernel_size, dilation, tensor_stride):
         i = torch.arange(K, dtype=torch.int64)
         axes.append((i - K // 2 if K % 2 == 1 else i) * d * t)
     z, y, x = torch.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    return torch.stack([x.reshape(-1), y.reshape(-1), z.reshape(-1)], 1).to(torch.int32).to(device)
+    return torch.stack([x.reshape(-1), y.reshape(-1), z.reshape(-1)], 1).to(torch.int32)
 
 
 class PackParams(NamedTuple):

@@ -196,6 +196,26 @@ def _columns(qoff: np.ndarray, probe: np.ndarray):
     return col_k[:ncol], col_n[:ncol]
 
 
+_PLANS: dict = {}
+
+
+def _column_plan(qoff: np.ndarray, K: int, symmetric: bool):
+    """:func:`_columns` plus per-column "dz consecutive" flags, cached per offset pattern (same every layer)."""
+    key = (qoff.tobytes(), K, symmetric)
+    plan = _PLANS.get(key)
+    if plan is None:
+        col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
+        if col_n.size and col_n.max() > _PAD:
+            raise ValueError(f"kernel has {int(col_n.max())} offsets along z; at most {_PAD} supported")
+        zs = [qoff[col_k[c, : col_n[c]], 3] for c in range(len(col_n))]
+        consec = np.array([bool(np.all(np.diff(z) == 1)) for z in zs], dtype=np.bool_)
+        plan = (col_k, col_n, consec)
+        if len(_PLANS) > 256:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan
+    return plan
+
+
 def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool,
                 same: bool = False) -> np.ndarray:
     """``nbmap [M, K]`` int32 of input rows at ``out + offset`` (-1 if absent).
@@ -228,11 +248,7 @@ def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray
         else:
             # lexicographic order of the outputs (translation-invariant)
             order = np.lexsort((qo[:, 3], qo[:, 2], qo[:, 1], qo[:, 0])).astype(np.int64)
-    col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
-    if col_n.size and col_n.max() > _PAD:
-        raise ValueError(f"kernel has {int(col_n.max())} offsets along z; at most {_PAD} supported")
-    zs = [qoff[col_k[c, : col_n[c]], 3] for c in range(len(col_n))]
-    consec = np.array([bool(np.all(np.diff(z) == 1)) for z in zs], dtype=np.bool_)
+    col_k, col_n, consec = _column_plan(qoff, K, symmetric)
     _merge(table.keys_padded, table.perm, table.dims, qo, order, qoff, col_k, col_n, consec, K, symmetric,
            nbmap, 1024)
     return nbmap

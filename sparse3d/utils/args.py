@@ -15,6 +15,10 @@ def triple(value: IntOr3, name: str = "value", positive: bool = True) -> Tuple[i
 
     With ``positive`` (sizes, strides) entries must be >= 1; without, any int (origins).
     """
+    if type(value) is tuple and len(value) == 3:   # fast path (called per layer per forward)
+        a, b, c = value
+        if type(a) is int and type(b) is int and type(c) is int and (not positive or (a >= 1 and b >= 1 and c >= 1)):
+            return value
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, int) and not isinstance(value, bool):

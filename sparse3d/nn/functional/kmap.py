@@ -103,7 +103,9 @@ class KernelMap:
 
     @property
     def num_pairs(self) -> int:
-        return sum(self.sizes)
+        if "num_pairs" not in self.extras:
+            self.extras["num_pairs"] = sum(self.sizes)
+        return self.extras["num_pairs"]
 
     def pairs(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         s, n = self.starts[k], self.sizes[k]

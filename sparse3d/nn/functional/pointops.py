@@ -111,6 +111,9 @@ def _check_points(z: PointTensor) -> None:
         raise ValueError(f"z.feats has {F.shape[0]} rows but z.coords has {C.shape[0]}")
     if not C.is_floating_point():
         raise TypeError(f"z.coords must be floating point, got {C.dtype}")
+    checked = getattr(z, "_coords_checked", None)
+    if checked is not None and checked[0] is C and checked[1] == C._version:
+        return      # these coordinates (same tensor, not modified in place) passed the value checks
     if C.numel():
         if not torch.isfinite(C).all():
             raise ValueError("z.coords contain NaN or inf")
@@ -118,6 +121,7 @@ def _check_points(z: PointTensor) -> None:
             raise ValueError(f"z.coords exceed the int32 voxel range (|c| < 2^31); max |c| = {float(C.abs().max())}")
         if (C[:, 0] < 0).any():
             raise ValueError("z.coords[:, 0] (batch index) must be >= 0")
+    z._coords_checked = (C, C._version)
 
 
 def _check_pair(x: SparseTensor, z: PointTensor) -> None:
