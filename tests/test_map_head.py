@@ -140,6 +140,21 @@ def test_head_options_and_bad_input():
         BEVSegmentationHead(4, loss="dice")
 
 
+def test_head_hidden_channels():
+    torch.manual_seed(0)
+    head = BEVSegmentationHead(8, hidden_channels=3)
+    assert head.hidden_channels == 3 and BEVSegmentationHead(8).hidden_channels == 8
+    widths = [(m.in_channels, m.out_channels) for m in head.classifier if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [(8, 3), (3, 3), (3, 6)]
+    bev = torch.randn(1, 8, 128, 128, requires_grad=True)
+    logits = head(bev)
+    assert logits.shape == (1, 6, 200, 200)
+    sum(head.loss(logits, torch.zeros_like(logits)).values()).backward()
+    assert torch.isfinite(bev.grad).all() and bool((bev.grad != 0).any())
+    with pytest.raises(ValueError, match="hidden_channels"):
+        BEVSegmentationHead(8, hidden_channels=0)
+
+
 def test_map_classes_match_dataset():
     from sparse3d.datasets.nuscenes.common import MAP_CLASSES as DATASET_CLASSES
     assert MAP_CLASSES == DATASET_CLASSES

@@ -137,6 +137,9 @@ class BEVSegmentationHead(nn.Module):
         classes: map class names (default the 6 BEVFusion classes).
         loss: "focal" (sigmoid focal, alpha -1, gamma 2) or "xent" (BCE with logits).
         focal_alpha, focal_gamma: focal parameters.
+        hidden_channels: width of the two 3×3 convs (default ``in_channels``, as BEVFusion). They run at
+            the map resolution (200 × 200), so on a CPU they dominate a tiny model's step: 128 -> 32
+            channels cuts the head's multiply-adds ~6x.
 
     ``forward(bev [B, in_channels, X, Y] or a list whose first entry is it) -> logits
     [B, len(classes), X_map, Y_map]``; ``loss(logits, gt_masks) -> {f"{name}/{loss}": scalar}``;
@@ -145,7 +148,7 @@ class BEVSegmentationHead(nn.Module):
 
     def __init__(self, in_channels: int, grid_transform: Union[BEVGridTransform, Mapping, None] = None,
                  classes: Sequence[str] = MAP_CLASSES, loss: str = "focal", focal_alpha: float = -1.0,
-                 focal_gamma: float = 2.0) -> None:
+                 focal_gamma: float = 2.0, hidden_channels: Optional[int] = None) -> None:
         super().__init__()
         if loss not in ("focal", "xent"):
             raise ValueError(f"loss must be 'focal' or 'xent', got {loss!r}")
@@ -160,10 +163,14 @@ class BEVSegmentationHead(nn.Module):
         self.loss_type = loss
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         c = self.in_channels
+        h = c if hidden_channels is None else int(hidden_channels)
+        if h < 1:
+            raise ValueError(f"hidden_channels must be a positive int, got {hidden_channels!r}")
+        self.hidden_channels = h
         self.classifier = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True),
-            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True),
-            nn.Conv2d(c, len(self.classes), 1),
+            nn.Conv2d(c, h, 3, padding=1, bias=False), nn.BatchNorm2d(h), nn.ReLU(True),
+            nn.Conv2d(h, h, 3, padding=1, bias=False), nn.BatchNorm2d(h), nn.ReLU(True),
+            nn.Conv2d(h, len(self.classes), 1),
         )
 
     def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
