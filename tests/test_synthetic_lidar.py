@@ -13,12 +13,13 @@ from sparse3d.datasets import SemanticKITTI, raw_to_train
 from sparse3d.datasets.semantic_kitti import read_labels, read_points
 from sparse3d.datasets.synth import objects as ob
 from sparse3d.datasets.synth.common import (BICYCLE, BICYCLIST, MOTORCYCLE, MOTORCYCLIST, OTHER_GROUND,
-                                            OTHER_VEHICLE, ROAD, SYNTH_RAW_IDS, THING_IDS)
+                                            OTHER_VEHICLE, PARKING, ROAD, SIDEWALK, SYNTH_RAW_IDS, TERRAIN,
+                                            THING_IDS, TRUCK)
 from sparse3d.datasets.synth.primitives import PrimitiveList
 from sparse3d.datasets.synth.primitives import BOX, CYLINDER, ELLIPSOID, intersect
 from sparse3d.datasets.synth.raycast import intersect_one
 from sparse3d.datasets.synth.scene import SENSOR_HEIGHT, build_scene
-from sparse3d.datasets.synth.sensor import HDL64E, scan
+from sparse3d.datasets.synth.sensor import HDL64E, _ground_albedo, scan
 from sparse3d.datasets.synthetic_lidar import ensure_synthetic_kitti, generate_sequence, generate_synthetic_kitti
 
 TINY = dict(seed=3, n_train=2, n_val=1, azimuth_steps=500)
@@ -329,3 +330,91 @@ def test_default_val_class_shares(tmp_path):
     total = st["points"]
     for c in SYNTH_RAW_IDS:
         assert st["histogram"].get(c, 0) / total >= 0.001, c
+
+
+def test_curbs_and_parking_bays_beside_the_road():
+    """Across a street: road at 0, then (where present) a parking bay right at the road edge raised by
+    a half-height step, then the sidewalk at curb height (12-17 cm)."""
+    seen_parking = 0
+    for seed in range(6):
+        scene = build_scene(np.random.default_rng(seed), 1)
+        lay = scene.layout
+        main = lay.streets[0]
+        assert 0.12 <= main.curb <= 0.17
+        far = [cs.offset for cs in lay.streets[1:]]
+        u = next(uu for uu in np.arange(-100.0, 100.0, 7.0) if all(abs(uu - f) > 40 for f in far))
+        for side, sg in ((0, -1.0), (1, 1.0)):
+            e0, e1, e2, e3 = main.edges(side)
+            v = sg * np.array([e0 - 0.1, e0 + 0.05, e1 - 0.05, e3 - 0.1])
+            x, y = main.world(np.full(4, u), v)
+            cls, off = lay.classify(np.asarray(x, float), np.asarray(y, float))
+            assert cls[0] == ROAD and off[0] == 0.0
+            assert cls[3] == SIDEWALK and off[3] == pytest.approx(main.curb)
+            if main.parking[side] > 0:
+                seen_parking += 1
+                assert (cls[1:3] == PARKING).all()
+                assert 0.05 <= off[1] == off[2] <= main.curb - 0.03  # a visible step up from the road
+    assert seen_parking >= 3
+
+
+def _local_z_residual(cls_id, seed=4):
+    """Per-point z minus the ground height at its world xy, for one class of one scan (within 25 m)."""
+    scene = build_scene(np.random.default_rng(seed), 1)
+    pose = scene.poses[0]
+    pts, sem, _ = scan(scene.prims, scene.layout, pose, np.random.default_rng(0), HDL64E(azimuth_steps=1000))
+    m = (sem == cls_id) & (np.linalg.norm(pts[:, :2], axis=1) < 25)
+    w = pts[m, :3].astype(np.float64) @ pose[:3, :3].T + pose[:3, 3]
+    return w[:, 2] - scene.layout.height(w[:, 0], w[:, 1])
+
+
+def test_terrain_is_rough_and_paving_is_flat():
+    """Grass: terrain returns scatter a few cm below the ground top; paved sidewalks stay within the range noise."""
+    grass = _local_z_residual(TERRAIN)
+    walk = _local_z_residual(SIDEWALK)
+    assert len(grass) > 200 and len(walk) > 200
+    assert np.std(grass) > 0.015 and np.std(walk) < 0.01, (np.std(grass), np.std(walk))
+    # below the top by up to the grass height (more where the ray continues over a bump), never above it
+    assert np.percentile(grass, 5) > -0.25 and np.median(grass) < -0.01 and np.percentile(grass, 99) < 0.02
+
+
+def test_parking_bays_have_markings():
+    """Parking bays carry painted lines (an edge line along the road, transverse bay lines): a few
+    per cent of the bay surface is bright paint, the rest is dark paving like the road."""
+    scene = build_scene(np.random.default_rng(1), 1)
+    main = scene.layout.streets[0]
+    side = int(main.parking[1] > 0)
+    assert main.parking[side] > 0
+    e0, e1 = main.edges(side)[:2]
+    sg = 1.0 if side else -1.0
+    u, w = np.meshgrid(np.arange(-20.0, 20.0, 0.02), np.arange(e0 + 0.01, e1, 0.05))
+    x, y = main.world(u.ravel(), sg * w.ravel())
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cls, _ = scene.layout.classify(x, y)
+    keep = cls == PARKING
+    alb = _ground_albedo(scene.layout, cls[keep], x[keep], y[keep], np.random.default_rng(0))
+    bright = alb >= 0.5
+    assert keep.mean() > 0.9 and 0.03 < bright.mean() < 0.2 and np.median(alb) < 0.4
+    edge = w.ravel()[keep] - e0 < 0.12
+    assert bright[edge].all()  # the solid edge line along the road
+
+
+def test_trucks_are_stepped_and_buses_level():
+    """A truck's cab is at least 0.5 m lower than its cargo box; a bus has one level roof over its length."""
+    for seed in range(5):
+        p = PrimitiveList()
+        ob.add_truck(p, np.random.default_rng(seed), 0.0, 0.0, 0.0, 0.0, 1)
+        pr = p.finish()
+        tops = pr.center[:, 2] + pr.half[:, 2]
+        front = pr.center[:, 0] > 0
+        big = pr.half[:, 0] > 0.5  # cab and box (not wheels / glass)
+        size, bottom, top = _bbox(pr)
+        assert set(pr.label.tolist()) == {TRUCK} and abs(bottom) < 0.01 and 3.5 < top < 4.1
+        cab = tops[front & big & (pr.half[:, 2] > 0.5)].max()
+        assert cab < top - 0.5, (cab, top)
+        assert 6.0 < size[0] < 11.0
+        p = PrimitiveList()
+        ob.add_other_vehicle(p, np.random.default_rng(seed), 0.0, 0.0, 0.0, 0.0, 1, 0, 12.0)
+        pr = p.finish()
+        tops = pr.center[:, 2] + pr.half[:, 2]
+        roof = np.argmax(np.where(pr.half[:, 0] > 3.0, tops, -np.inf))  # the highest long part
+        assert pr.half[roof, 0] > 5.9 and tops[roof] > 2.8  # spans the whole 12 m body

@@ -4,8 +4,8 @@ The world has a main street along x (centre line y = 0) and cross streets along 
 street (lateral coordinate ``v``) the bands are median | road (lanes, then an optional bike lane)
 | parking | verge (terrain) | sidewalk | lot (terrain). The median (other-ground) is a raised
 paved strip on the centre line, interrupted by periodic gaps (turning openings) where the road
-runs through. Ground height = ``grade`` plane + a band offset: road 0, parking 4 cm, sidewalk and
-median the curb height (~15 cm), terrain a rough bumpy surface in [0, 0.35] m. Where streets
+runs through. Ground height = ``grade`` plane + a band offset: road 0, parking 8 cm (a half-height bay
+curb), sidewalk and median the curb height (~15 cm), terrain a rough bumpy surface in [0, 0.35] m. Where streets
 overlap, road wins over median over parking over sidewalk over verge/lot. The per-point work
 runs in the numba kernels of ``raycast.py``.
 """

@@ -17,7 +17,7 @@ __all__ = ["add_car", "add_truck", "add_bicycle", "add_motorcycle", "add_other_v
            "OTHER_VEHICLE_KINDS"]
 
 #: Kinds of other-vehicle: (name, total length range in metres).
-OTHER_VEHICLE_KINDS = (("bus", (10.5, 13.5)), ("trailer", (3.0, 7.0)), ("caravan", (5.0, 7.5)))
+OTHER_VEHICLE_KINDS = (("bus", (11.5, 14.5)), ("trailer", (3.0, 7.0)), ("caravan", (5.0, 7.5)), ("tram", (18.0, 30.0)))
 
 
 def _place(x, y, z, yaw, local):
@@ -77,30 +77,35 @@ def add_car(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:
 
 
 def add_truck(p: PrimitiveList, rng, x, y, z, yaw, inst) -> float:
-    W = rng.uniform(2.3, 2.55)
-    cab_l, cab_h = rng.uniform(1.9, 2.5), rng.uniform(2.6, 3.1)
-    box_l, box_h = rng.uniform(4.5, 9.0), rng.uniform(3.0, 3.9)
-    L = cab_l + box_l + 0.3
-    clear = 0.55
+    """A box truck: a cab clearly lower than the cargo box behind it (a step of >= 0.5 m in the
+    roofline and a gap between them), the box on a high chassis with open space under it."""
+    W = rng.uniform(2.35, 2.55)
+    cab_l, cab_h = rng.uniform(1.9, 2.4), rng.uniform(1.95, 2.4)
+    box_l, box_top = rng.uniform(4.0, 7.5), rng.uniform(3.55, 4.0)
+    gap = rng.uniform(0.35, 0.6)
+    L = cab_l + box_l + gap
+    clear, box_bottom = 0.55, 1.15
     paint = rng.uniform(0.15, 0.8)
     front = L / 2
     p.add(BOX, _place(x, y, z, yaw, (front - cab_l / 2, 0, clear + cab_h / 2)),
-          (cab_l / 2, W / 2 * 0.97, cab_h / 2), TRUCK, paint, yaw=yaw, instance=inst)
-    kind = rng.random()
-    box_c = (front - cab_l - 0.3 - box_l / 2, 0, 0.95 + (box_h - 0.95) / 2)
-    if kind < 0.75:  # box body
-        p.add(BOX, _place(x, y, z, yaw, box_c), (box_l / 2, W / 2, (box_h - 0.95) / 2), TRUCK,
-              rng.uniform(0.2, 0.9), yaw=yaw, instance=inst)
-    else:  # flatbed with a low load
-        p.add(BOX, _place(x, y, z, yaw, (box_c[0], 0, 1.15)), (box_l / 2, W / 2, 0.2), TRUCK,
+          (cab_l / 2, W / 2 * 0.95, cab_h / 2), TRUCK, paint, yaw=yaw, instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (front - 0.02, 0, clear + cab_h * 0.7)), (0.03, W / 2 * 0.85, cab_h * 0.2),
+          TRUCK, rng.uniform(0.04, 0.2), yaw=yaw, instance=inst, pass_prob=0.3)  # windscreen
+    box_x = front - cab_l - gap - box_l / 2
+    if rng.random() < 0.85:  # box body
+        p.add(BOX, _place(x, y, z, yaw, (box_x, 0, (box_bottom + box_top) / 2)),
+              (box_l / 2, W / 2, (box_top - box_bottom) / 2), TRUCK, rng.uniform(0.2, 0.9), yaw=yaw, instance=inst)
+    else:  # flatbed with a tall load (crates)
+        p.add(BOX, _place(x, y, z, yaw, (box_x, 0, box_bottom + 0.1)), (box_l / 2, W / 2, 0.1), TRUCK,
               rng.uniform(0.1, 0.5), yaw=yaw, instance=inst)
-        p.add(BOX, _place(x, y, z, yaw, (box_c[0], 0, 1.9)), (box_l / 2.6, W / 2.4, 0.55), TRUCK,
-              rng.uniform(0.1, 0.6), yaw=yaw, instance=inst)
-    p.add(BOX, _place(x, y, z, yaw, (0, 0, 0.75)), (L / 2 - 0.3, 0.45, 0.18), TRUCK, 0.15,
+        p.add(BOX, _place(x, y, z, yaw, (box_x, 0, (box_bottom + box_top) / 2 + 0.1)),
+              (box_l / 2.3, W / 2.3, (box_top - box_bottom) / 2 - 0.1), TRUCK, rng.uniform(0.1, 0.6), yaw=yaw,
+              instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (0, 0, 0.8)), (L / 2 - 0.3, 0.45, 0.2), TRUCK, 0.15,
           yaw=yaw, instance=inst)  # chassis
     r = 0.5
-    axles = [front - 1.1, front - cab_l - 0.3 - box_l * 0.75]
-    if box_l > 7:
+    axles = [front - 1.1, box_x - box_l * 0.25]
+    if box_l > 6:
         axles.append(axles[-1] - 1.3)
     for ax in axles:
         for sy in (1, -1):
@@ -183,9 +188,13 @@ def _motorcycle(p: PrimitiveList, rng, x, y, z, yaw, inst, label):
 
 
 def add_other_vehicle(p: PrimitiveList, rng, x, y, z, yaw, inst, kind: int, L: float) -> float:
-    """Other-vehicle of total length ``L``: kind 0 bus (one long tall box with a glass band),
-    1 box/flat trailer with a drawbar, 2 caravan (tall trailer with windows); see ``OTHER_VEHICLE_KINDS``."""
+    """Other-vehicle of total length ``L``: kind 0 bus (one long tall box with a glass band, low floor,
+    level roof: unlike a truck's stepped cab/box profile), 1 box/flat trailer with a drawbar, 2 caravan
+    (tall trailer with windows), 3 tram (2-3 articulated sections with a pantograph); see
+    ``OTHER_VEHICLE_KINDS``."""
     lab = OTHER_VEHICLE
+    if kind == 3:
+        return _tram(p, rng, x, y, z, yaw, inst, L)
     if kind == 0:
         W, H, clear = rng.uniform(2.45, 2.55), rng.uniform(2.9, 3.3), 0.32
         paint = rng.uniform(0.2, 0.85)
@@ -238,6 +247,36 @@ def add_other_vehicle(p: PrimitiveList, rng, x, y, z, yaw, inst, kind: int, L: f
         for sy in (1, -1):
             c = _place(x, y, z, yaw, (ax, sy * (W / 2 - (0.25 if kind == 0 else -0.1)), r))
             p.add(CYLINDER, c, (r, r, 0.11), lab, 0.06, rot=_wheel_rot(yaw), instance=inst)
+    return 0.5 * np.hypot(L, W)
+
+
+def _tram(p: PrimitiveList, rng, x, y, z, yaw, inst, L: float) -> float:
+    lab = OTHER_VEHICLE
+    n = 2 if L < 23 else 3
+    joint = 0.5
+    sec = (L - (n - 1) * joint) / n
+    W, H, floor = rng.uniform(2.4, 2.65), rng.uniform(3.3, 3.6), 0.35
+    paint = rng.uniform(0.2, 0.85)
+    belt = floor + rng.uniform(0.8, 1.0)
+    top = H - 0.35
+    for i in range(n):
+        cx = -L / 2 + sec / 2 + i * (sec + joint)
+        p.add(BOX, _place(x, y, z, yaw, (cx, 0, (floor + belt) / 2)), (sec / 2, W / 2, (belt - floor) / 2), lab, paint,
+              yaw=yaw, instance=inst)
+        p.add(BOX, _place(x, y, z, yaw, (cx, 0, (belt + top) / 2)), (sec / 2 - 0.02, W / 2 - 0.02, (top - belt) / 2),
+              lab, rng.uniform(0.04, 0.2), yaw=yaw, instance=inst, pass_prob=0.35)  # glass band
+        p.add(BOX, _place(x, y, z, yaw, (cx, 0, (top + H) / 2)), (sec / 2, W / 2, (H - top) / 2), lab, paint,
+              yaw=yaw, instance=inst)
+        for bx in (cx - sec / 2 + 1.8, cx + sec / 2 - 1.8):  # bogies
+            p.add(BOX, _place(x, y, z, yaw, (bx, 0, floor / 2)), (1.1, W / 2 - 0.3, floor / 2), lab, 0.08,
+                  yaw=yaw, instance=inst)
+        if i < n - 1:  # bellows
+            p.add(BOX, _place(x, y, z, yaw, (cx + sec / 2 + joint / 2, 0, (floor + H) / 2)),
+                  (joint / 2 + 0.02, W / 2 - 0.15, (H - floor) / 2 - 0.1), lab, 0.1, yaw=yaw, instance=inst)
+    px = rng.uniform(-L / 4, L / 4)
+    p.add(BOX, _place(x, y, z, yaw, (px, 0, H + 0.15)), (1.2, W * 0.3, 0.15), lab, 0.3, yaw=yaw, instance=inst)
+    p.add(BOX, _place(x, y, z, yaw, (px, 0, H + 0.6)), (0.5, 0.8, 0.03), lab, 0.3, yaw=yaw, instance=inst,
+          rot=rot_z(yaw) @ rot_y(0.6))  # pantograph
     return 0.5 * np.hypot(L, W)
 
 
@@ -354,8 +393,8 @@ def add_sign(p: PrimitiveList, rng, x, y, z, face_yaw) -> float:
     post_h = rng.uniform(2.3, 3.2)
     p.add(CYLINDER, (x, y, z + post_h / 2 - 0.2), (0.035, 0.035, post_h / 2 + 0.2), POLE, rng.uniform(0.2, 0.45))
     zt = z + post_h
-    for i in range(1 if rng.random() < 0.7 else 2):
-        s = rng.uniform(0.28, 0.45)
+    for i in range(1 if rng.random() < 0.6 else 2):
+        s = rng.uniform(0.35, 0.55)
         plate_z = zt - s - i * (2 * s + 0.1)
         c = _place(x, y, 0, face_yaw, (0.05, 0, 0))
         c[2] = plate_z
@@ -364,7 +403,7 @@ def add_sign(p: PrimitiveList, rng, x, y, z, face_yaw) -> float:
         if shape == 0:  # round: a disc facing along face_yaw
             p.add(CYLINDER, c, (s, s, 0.02), TRAFFIC_SIGN, alb, rot=rot_z(face_yaw) @ rot_y(np.pi / 2))
         elif shape == 1:  # rectangle
-            p.add(BOX, c, (0.02, s * rng.uniform(1.0, 1.6), s * rng.uniform(0.8, 1.1)), TRAFFIC_SIGN, alb,
+            p.add(BOX, c, (0.03, s * rng.uniform(1.0, 2.0), s * rng.uniform(0.8, 1.1)), TRAFFIC_SIGN, alb,
                   yaw=face_yaw)
         else:  # diamond
             p.add(BOX, c, (0.02, s * 0.75, s * 0.75), TRAFFIC_SIGN, alb,
@@ -404,12 +443,13 @@ def add_fence(p: PrimitiveList, rng, x0, y0, x1, y1, z) -> None:
     if L < 0.5:
         return
     yaw = float(np.arctan2(y1 - y0, x1 - x0))
-    h = rng.uniform(0.9, 2.2)
+    h = rng.uniform(1.0, 2.0)
     alb = rng.uniform(0.15, 0.55)
     mesh = rng.random() < 0.5
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     p.add(BOX, (cx, cy, z + h / 2 - 0.1), (L / 2, 0.03 if mesh else rng.uniform(0.03, 0.08), h / 2 + 0.1),
-          FENCE, alb, yaw=yaw, pass_prob=rng.uniform(0.4, 0.7) if mesh else 0.0)
+          FENCE, alb, yaw=yaw, pass_prob=rng.uniform(0.25, 0.45) if mesh else 0.0)
+    p.add(BOX, (cx, cy, z + h + 0.03), (L / 2, 0.04, 0.04), FENCE, alb, yaw=yaw)  # top rail
     if mesh or rng.random() < 0.5:
         n = max(2, int(L / rng.uniform(2.0, 3.0)) + 1)
         for f in np.linspace(0, 1, n):

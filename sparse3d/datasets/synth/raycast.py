@@ -14,6 +14,7 @@ from numba import njit
 __all__ = ["ground_classify", "ground_intersect", "cast_primitives", "intersect_one"]
 
 _H_MAX = 0.35
+_PARKING_H = 0.08  # parking bays: a half-height step above the road (sidewalk curbs are 0.12-0.17 m)
 
 
 @njit(cache=True)
@@ -68,7 +69,7 @@ def _classify(x, y, axis, offset, urange, edges, curb, med, ph):
     if prio == 5:
         off = 0.0
     elif prio == 3:
-        off = 0.04
+        off = _PARKING_H
     elif prio == 2 or prio == 4:
         off = cb
     else:

@@ -3,8 +3,8 @@
 :func:`build_scene` draws a main street (the ego vehicle drives along it; one scan every
 ``spacing`` metres; it always has a median, with gaps) with cross streets, fills both sides of
 every street (parked cars, trucks, trailers, buses and motorcycles; bicycle racks; pedestrians;
-cyclists and motorcyclists in bike lanes, free parking space and traffic) and then makes sure
-that every scan has each thing class and signs/poles/fences nearby.
+cyclists and motorcyclists in bike lanes, free parking space and traffic; buses and trams in
+traffic) and then makes sure that every scan has each thing class and signs/poles/fences nearby.
 """
 from __future__ import annotations
 
@@ -133,8 +133,8 @@ def _rider(rng) -> int:
 
 
 def _other_vehicle(rng) -> dict:
-    """kind / length of a random other-vehicle (buses less often than trailers and caravans)."""
-    kind = int(rng.choice(3, p=[0.3, 0.45, 0.25]))
+    """kind / length of a random parked other-vehicle (bus, trailer or caravan; trams run in traffic)."""
+    kind = int(rng.choice(3, p=[0.45, 0.2, 0.35]))
     return {"kind": kind, "length": float(rng.uniform(*ob.OTHER_VEHICLE_KINDS[kind][1]))}
 
 
@@ -217,14 +217,14 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
             u += rng.uniform(20, 35)
         for _ in range(rng.poisson((b - a) / 45)):
             B.try_place(POLE, st, rng.uniform(a, b), sg * (e3 - 0.3), 0, 0.4, 0.4, arm_yaw=to_road)
-        for _ in range(rng.poisson((b - a) / 15)):
+        for _ in range(rng.poisson((b - a) / 8)):
             face = yaw + (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0, 0.15)
             B.try_place(TRAFFIC_SIGN, st, rng.uniform(a, b), sg * (e2 + 0.3), face, 0.4, 0.4)
         # --- parked cars, trucks, other vehicles and motorcycles; riders in free parking space ---
         if pw > 0:
             u = a + rng.uniform(0, 3)
             while u < b - 6:
-                if rng.random() < 0.75:
+                if rng.random() < 0.85:
                     kind = rng.random()
                     heading = yaw + (0.0 if rng.random() < 0.8 else np.pi) + rng.normal(0, 0.03)
                     v = sg * (e0 + pw / 2 + rng.uniform(-0.15, 0.15))
@@ -234,10 +234,10 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
                             B.try_place(MOTORCYCLE, st, u + 0.6 + 1.1 * k, v, yaw + sg * rng.uniform(1.0, 1.4), 0.5, 1.0)
                         u += 1.1 * n + rng.uniform(0.4, 2.0)
                         continue
-                    if kind < 0.17:
+                    if kind < 0.2:
                         cls, kw = TRUCK, {}
-                        slot = 12.0
-                    elif kind < 0.24:
+                        slot = 11.0
+                    elif kind < 0.3:
                         cls, kw = OTHER_VEHICLE, _other_vehicle(rng)
                         slot = kw["length"] + 0.4
                     else:
@@ -253,7 +253,7 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
                     u += gap
         # --- riders in the bike lane ---
         if st.bike[side] > 0:
-            for _ in range(rng.poisson((b - a) / 25)):
+            for _ in range(rng.poisson((b - a) / 15)):
                 B.try_place(_rider(rng), st, rng.uniform(a, b), sg * (e0 - st.bike[side] / 2 + rng.normal(0, 0.1)),
                             yaw + (np.pi if side == 1 else 0.0) + rng.normal(0, 0.08), 1.1, 0.45)
         # --- motorcycles parked on the sidewalk at the curb ---
@@ -271,7 +271,7 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
             else:
                 B.try_place(BICYCLE, st, u, sg * (e2 + 0.6), yaw + rng.normal(0, 0.1), 0.9, 0.3)
         # --- pedestrians ---
-        for _ in range(rng.poisson((b - a) / 9)):
+        for _ in range(rng.poisson((b - a) / 6)):
             u = rng.uniform(a, b)
             v = sg * rng.uniform(e2 + 0.4, max(e3 - 0.4, e2 + 0.5))
             if B.try_place(PERSON, st, u, v, rng.uniform(0, 2 * np.pi), 0.35, 0.35) and rng.random() < 0.3:
@@ -309,11 +309,13 @@ def _traffic(B: _Builder, st: Street, span: Tuple[float, float], ego_lane: int) 
             kind = rng.random()
             if kind < 0.1:
                 B.try_place(TRUCK, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02), 6.0, 1.3)
-            elif kind < 0.16:
-                kw = {"kind": 0, "length": float(rng.uniform(*ob.OTHER_VEHICLE_KINDS[0][1]))}
-                B.try_place(OTHER_VEHICLE, st, u, v + rng.normal(0, 0.2), heading + rng.normal(0, 0.02),
-                            kw["length"] / 2 + 0.2, 1.3, **kw)
-            elif kind < 0.28:  # riders keep to the outer part of the lane
+            elif kind < 0.22:  # buses and trams
+                ov = 0 if kind < 0.16 else 3
+                kw = {"kind": ov, "length": float(rng.uniform(*ob.OTHER_VEHICLE_KINDS[ov][1]))}
+                B.try_place(OTHER_VEHICLE, st, u + kw["length"] / 2, v + rng.normal(0, 0.1),
+                            heading + rng.normal(0, 0.01), kw["length"] / 2 + 0.2, 1.3, **kw)
+                u += kw["length"]
+            elif kind < 0.36:  # riders keep to the outer part of the lane
                 off = (st.lane_w / 2 - 0.7) * np.sign(v)
                 B.try_place(_rider(rng), st, u, v + off + rng.normal(0, 0.15), heading + rng.normal(0, 0.05), 1.1, 0.45)
             else:

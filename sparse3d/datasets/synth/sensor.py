@@ -7,8 +7,9 @@ and skipped when that window is already fully occluded.
 
 Sensor effects: Gaussian range noise (~1.5 cm + range term), volumetric foliage (mean free path),
 see-through meshes and glass, remission = material albedo x incidence term x range falloff x
-log-normal noise (materials overlap between classes), random dropouts, weak far returns lost,
-window glass dropouts, a few noisy beams, and no returns closer than ``min_range``.
+log-normal noise (materials overlap between classes), painted lane and parking-bay lines, grass
+on terrain (returns from a random depth inside the blade layer), random dropouts, weak far returns
+lost, window glass dropouts, a few noisy beams, and no returns closer than ``min_range``.
 """
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ class HDL64E:
 
 _GROUND_ALBEDO = {ROAD: (0.13, 0.3), PARKING: (0.15, 0.35), SIDEWALK: (0.22, 0.45), OTHER_GROUND: (0.18, 0.48),
                   TERRAIN: (0.28, 0.55)}
+_LINE_W = 0.12  # width of painted parking lines (m)
+#: Grass on terrain: a ray enters the grass top (the height field) and stops after a random path
+#: (mean ``_GRASS_MFP`` m) but at most ``_GRASS_H`` m below the top, so terrain is rough at the
+#: scale of a few centimetres while paved surfaces are flat up to the range noise.
+_GRASS_MFP, _GRASS_H = 0.35, 0.08
 
 
 def _ground_albedo(layout: Layout, cls, x, y, rng):
@@ -62,6 +68,18 @@ def _ground_albedo(layout: Layout, cls, x, y, rng):
         a = alb[road]
         a[paint] = rng.uniform(0.55, 0.85, int(paint.sum()))
         alb[road] = a
+    park = np.nonzero(cls == PARKING)[0]
+    for st in layout.streets:  # parking markings: a solid edge line along the road and transverse bay lines
+        if not len(park):
+            break
+        u, v = st.local(x[park], y[park])
+        av = np.abs(v)
+        e0 = np.where(v >= 0, st.edges(1)[0], st.edges(0)[0])
+        e1 = np.where(v >= 0, st.edges(1)[1], st.edges(0)[1])
+        band = (av >= e0) & (av < e1) & (u >= st.u_range[0]) & (u <= st.u_range[1])
+        bay = 5.0 + 0.5 * (int(abs(st.offset)) % 3)
+        paint = band & ((av - e0 < _LINE_W) | (np.mod(u + 0.37 * st.offset, bay) < _LINE_W))
+        alb[park[paint]] = rng.uniform(0.5, 0.8, int(paint.sum()))
     return alb
 
 
@@ -140,6 +158,13 @@ def scan(prims: Primitives, layout: Layout, pose: np.ndarray, rng: np.random.Gen
         keep[glass[drop]] = False
         t[glass[~drop]] += rng.uniform(0.08, 0.3, int((~drop).sum()))
         albedo[glass] *= 0.3
+
+    # grass: terrain returns come from a random depth inside a thin layer of blades
+    grass = np.nonzero(label == TERRAIN)[0]
+    if len(grass):
+        dz = np.maximum(np.abs(D[idx[grass], 2]), 1e-3)
+        t[grass] += np.minimum(rng.exponential(_GRASS_MFP, len(grass)), _GRASS_H / dz)
+        cosi[grass] = rng.uniform(0.3, 1.0, len(grass))
 
     # remission and dropouts
     rem = albedo * (0.25 + 0.75 * cosi) * np.exp(-t / 250.0)
