@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..utils.args import as_vector
+
 __all__ = ["CLUEResult", "clue", "clue_hgcal", "HGCalCLUEParams"]
 
 _BACKENDS = ("numba", "reference")
@@ -42,19 +44,9 @@ class CLUEResult:
 
 
 def _vec(name, a, n=None, dtype=np.float64):
-    try:
-        import torch
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    a = np.asarray(a)
-    if a.ndim != 1:
-        raise ValueError(f"'{name}' must be 1-D [N], got shape {a.shape}")
+    a = as_vector(name, a, n, "x")
     if a.dtype.kind not in "iuf b":
         raise TypeError(f"'{name}' must be numeric, got dtype {a.dtype}")
-    if n is not None and a.shape[0] != n:
-        raise ValueError(f"'{name}' has {a.shape[0]} entries but 'x' has {n}")
     a = np.ascontiguousarray(a, dtype=dtype)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"'{name}' contains NaN/inf")

@@ -26,6 +26,8 @@ from typing import Dict
 
 import numpy as np
 
+from ..utils.args import as_vector
+
 __all__ = ["contingency", "match_instances", "MatchResult", "PQStats", "event_pq", "PanopticQuality",
            "WEIGHTINGS"]
 
@@ -33,17 +35,7 @@ WEIGHTINGS = ("count", "energy")
 
 
 def _labels(name, a, n=None):
-    try:
-        import torch
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    a = np.asarray(a)
-    if a.ndim != 1:
-        raise ValueError(f"'{name}' must be 1-D [N], got shape {a.shape}")
-    if n is not None and a.shape[0] != n:
-        raise ValueError(f"'{name}' has {a.shape[0]} entries but 'pred' has {n}")
+    a = as_vector(name, a, n, "pred")
     if a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise ValueError(f"'{name}' contains NaN/inf")

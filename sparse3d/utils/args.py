@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
-__all__ = ["triple", "IntOr3"]
+__all__ = ["triple", "IntOr3", "as_vector"]
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -33,3 +34,18 @@ def triple(value: IntOr3, name: str = "value", positive: bool = True) -> Tuple[i
     if positive and any(v < 1 for v in out):
         raise ValueError(f"{name} entries must be >= 1, got {value!r}")
     return out
+
+
+def as_vector(name: str, a, n: int = None, ref: str = "x") -> np.ndarray:
+    """``a`` (numpy array, torch tensor or sequence) as a 1-D numpy array ``[N]``, without copying if possible.
+
+    Raises ValueError naming ``name`` if it is not 1-D or (with ``n``) has not ``n`` entries like ``ref``.
+    """
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"'{name}' must be 1-D [N], got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"'{name}' has {a.shape[0]} entries but '{ref}' has {n}")
+    return a

@@ -9,9 +9,8 @@ semantic (signal/noise) head and an offset or object-condensation instance head
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,7 +18,7 @@ from ...nn.functional import initial_voxelize, point_to_voxel, voxel_to_point
 from ...tensor import PointTensor, SparseTensor
 from ..spvnas.blocks import sparse_cat
 from ..spvnas.minkunet import add_unet_backbone, init_batchnorm, minkunet_channels
-from .heads import CaloHeads, check_batch
+from .heads import CaloHeads, CaloHeadsMixin, check_batch
 
 __all__ = ["CaloSPVCNN"]
 
@@ -40,7 +39,7 @@ def _voxel_size3(voxel_size) -> Tuple[float, float, float]:
     return vs
 
 
-class CaloSPVCNN(nn.Module):
+class CaloSPVCNN(CaloHeadsMixin, nn.Module):
     r"""SPVCNN on calorimeter hits with per-hit semantic and instance heads.
 
     **Voxelization.** Hit ``(x, y, z)`` in cm is divided by ``voxel_size = (vx, vy, vz)``
@@ -154,12 +153,3 @@ class CaloSPVCNN(nn.Module):
         y3 = y3.replace(self.dropout(y3.feats))
         y4 = self._up(4, self._up(3, y3, x1), x0)
         return self._v2p(y4, z2).feats + self.point_transforms[2](z2.feats)
-
-    def forward(self, batch) -> Dict[str, torch.Tensor]:
-        return self.heads(self.hit_features(batch))
-
-    def loss(self, outputs: Dict[str, torch.Tensor], batch) -> Tuple[torch.Tensor, Dict[str, float]]:
-        return self.heads.loss(outputs, batch)
-
-    def cluster(self, outputs: Dict[str, torch.Tensor], batch) -> List[np.ndarray]:
-        return self.heads.cluster(outputs, batch)

@@ -14,15 +14,12 @@ Kieseler, EPJC 80 (2020) 886).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
-import numpy as np
 import torch
 from torch import nn
 
 from sparse3d.ops.knn import knn, knn_distances
 
-from .heads import CaloHeads, check_batch
+from .heads import CaloHeads, CaloHeadsMixin, check_batch
 
 __all__ = ["GravNetConv", "GravNetBlock", "GravNetOC", "segment_mean"]
 
@@ -86,7 +83,7 @@ class GravNetBlock(nn.Module):
         return self.bn(self.conv(x, offsets))
 
 
-class GravNetOC(nn.Module):
+class GravNetOC(CaloHeadsMixin, nn.Module):
     r"""GravNet (4 blocks, Qasim et al. 2019) + object condensation, for calorimeter hits.
 
     The per-hit input is ``feats`` concatenated with ``(x, y, z) / coord_scale`` (GravNet has
@@ -141,12 +138,3 @@ class GravNetOC(nn.Module):
             x = blk(x, off)
             outs.append(x)
         return self.post(torch.cat(outs, 1))
-
-    def forward(self, batch) -> Dict[str, torch.Tensor]:
-        return self.heads(self.hit_features(batch))
-
-    def loss(self, outputs: Dict[str, torch.Tensor], batch) -> Tuple[torch.Tensor, Dict[str, float]]:
-        return self.heads.loss(outputs, batch)
-
-    def cluster(self, outputs: Dict[str, torch.Tensor], batch) -> List[np.ndarray]:
-        return self.heads.cluster(outputs, batch)

@@ -17,7 +17,7 @@ from ...clustering.condensation import condensation_events
 from ...clustering.meanshift import mean_shift_events
 from .losses import CLUSTER_SPACES, cluster_space, object_condensation_loss, offset_loss, semantic_loss
 
-__all__ = ["INSTANCE_MODES", "CaloHeads", "check_batch", "check_targets"]
+__all__ = ["INSTANCE_MODES", "CaloHeads", "CaloHeadsMixin", "check_batch", "check_targets"]
 
 INSTANCE_MODES = ("offset", "condensation")
 
@@ -213,3 +213,17 @@ class CaloHeads(nn.Module):
         mask = (cls != 0) if self.mask_noise else None
         return condensation_events(outputs["embed"].cpu(), outputs["beta"].cpu(), off, self.t_beta, self.t_d, mask,
                                    self.min_hits)
+
+
+class CaloHeadsMixin:
+    """``forward`` / ``loss`` / ``cluster`` of a calorimeter model from its ``hit_features(batch) -> [P, C]``
+    and its :class:`CaloHeads` ``self.heads`` (shared by :class:`CaloSPVCNN` and :class:`GravNetOC`)."""
+
+    def forward(self, batch) -> Dict[str, torch.Tensor]:
+        return self.heads(self.hit_features(batch))
+
+    def loss(self, outputs: Dict[str, torch.Tensor], batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        return self.heads.loss(outputs, batch)
+
+    def cluster(self, outputs: Dict[str, torch.Tensor], batch) -> List[np.ndarray]:
+        return self.heads.cluster(outputs, batch)
