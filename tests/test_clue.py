@@ -43,6 +43,14 @@ def test_numba_matches_reference(seed, layer_window):
     assert r.n_clusters > 1 and (r.labels >= 0).any()
 
 
+@pytest.mark.parametrize("deltao_factor", [4.0, 9.0])
+def test_numba_matches_reference_wide_outlier_radius(deltao_factor):
+    """deltao >> dc: the nearest-higher search runs on its own coarser tiling (tile = max(deltac, deltao))."""
+    x, y, layer, w = _random_points(400, 11, dup=10)
+    r = _compare(x, y, layer, w, dc=0.6, rhoc=1.5, deltac=0.9, deltao=deltao_factor * 0.6, layer_window=2)
+    assert r.n_clusters > 1
+
+
 @pytest.mark.parametrize("offset", [-1e4, 0.0, 3e5])
 def test_numba_matches_reference_far_coordinates(offset):
     x, y, layer, w = _random_points(300, 5, extent=40.0, n_layers=60, offset=offset)

@@ -173,10 +173,15 @@ def clue_numba(u, v, plane, weight, dc: float, rhoc: float, deltac: float, delta
         return z, z.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
     tile = float(tile) if tile > 0 else float(dc)
     dm = max(deltac, deltao)
+    keys = ("pid", "tx", "ty", "order", "ukeys", "starts", "plo", "phi", "nx", "ny")
     tl = build_tiles(u, v, plane, tile, int(layer_window))
-    common = (tl["pid"], tl["tx"], tl["ty"], tl["order"], tl["ukeys"], tl["starts"], tl["plo"], tl["phi"],
-              tl["nx"], tl["ny"])
-    rho = _density(u, v, weight, *common, int(math.ceil(dc / tile)), float(dc), KERNELS[kernel])
-    nh, delta = _nearest_higher(u, v, rho, *common, int(math.ceil(dm / tile)), float(dm))
+    rho = _density(u, v, weight, *(tl[k] for k in keys), int(math.ceil(dc / tile)), float(dc), KERNELS[kernel])
+    # the nearest-higher search radius dm is usually several dc: tiles of side dm keep it to 3 x 3 tiles per
+    # plane instead of (2 ceil(dm / tile) + 1)^2 binary searches (same result: the minimum of (d^2, j) over
+    # every point within dm does not depend on the visiting order)
+    if dm > tile:
+        tile = dm
+        tl = build_tiles(u, v, plane, tile, int(layer_window))
+    nh, delta = _nearest_higher(u, v, rho, *(tl[k] for k in keys), int(math.ceil(dm / tile)), float(dm))
     labels, is_seed = _assign(rho, delta, nh, float(rhoc), float(deltac), float(deltao))
     return rho, delta, nh, labels, is_seed
