@@ -236,6 +236,22 @@ def test_plots(tmp_path):
         plot_event_display(ev.x, ev.y, ev.z[:-1], ev.labels(), tmp_path / "bad.png")
 
 
+def test_efficiency_plot_draws_identical_fake_rate_once(tmp_path, monkeypatch):
+    import sparse3d.metrics.calo_plots as CP
+    figs = []
+    real_save = CP._save
+    monkeypatch.setattr(CP, "_save", lambda fig, path: (figs.append(fig), real_save(fig, path))[1])
+    e = np.array([1.0, 2.0, 4.0])
+    mk = (lambda eff, fr: {"e_center": e, "efficiency": np.array(eff), "efficiency_err": np.full(3, 0.1),
+                           "fake_rate": np.array(fr), "fake_rate_err": np.full(3, 0.05)})
+    all_, pho, pi = mk([0.9, 0.95, 1.0], [0.2, 0.1, np.nan]), mk([0.8, 0.9, 1.0], [0.2, 0.1, np.nan]), \
+        mk([0.5, 0.7, 0.9], [0.3, 0.1, 0.0])
+    CP.plot_efficiency([all_, pho, pi], tmp_path / "e.png", ["all", "photons", "pions"])
+    ax_e, ax_f = figs[0].axes
+    assert [t.get_text() for t in ax_e.get_legend().get_texts()] == ["all", "photons", "pions"]
+    assert [t.get_text() for t in ax_f.get_legend().get_texts()] == ["all", "pions"]
+
+
 def test_plots_without_any_matched_cluster(tmp_path):
     """An untrained model matches nothing: every binned value is NaN; the plots still render (linear axes,
     'no data') instead of failing on an empty log scale."""

@@ -76,9 +76,16 @@ def plot_response_resolution(summaries, path, labels: Optional[Sequence[str]] = 
         else:
             h[0].set_label(lab)
     ax_r.axhline(1.0, color="grey", lw=0.8, ls="--")
-    for ax, yl in ((ax_r, "<E_reco / E_true>"), (ax_s, "sigma / E")):
+    return _finish(fig, path, title, ((ax_r, "E_true [GeV]", "<E_reco / E_true>"), (ax_s, "E_true [GeV]", "sigma / E")))
+
+
+def _finish(fig, path, title: str, axes, ylim=None) -> str:
+    """Log x, labels, grid and legend on each ``(ax, xlabel, ylabel)``; title; save."""
+    for ax, xl, yl in axes:
         _log_x(ax)
-        ax.set_xlabel("E_true [GeV]")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -88,26 +95,25 @@ def plot_response_resolution(summaries, path, labels: Optional[Sequence[str]] = 
 
 
 def plot_efficiency(summaries, path, labels: Optional[Sequence[str]] = None, title: str = "") -> str:
-    """Efficiency vs ``E_true`` and fake rate vs ``E_reco`` (bin centres, log x)."""
+    """Efficiency vs ``E_true`` and fake rate vs ``E_reco`` (bin centres, log x). The fake rate does not
+    depend on a true particle type, so identical fake-rate curves (per-type summaries) are drawn once."""
     if isinstance(summaries, dict):
         summaries = [summaries]
     labels = list(labels) if labels is not None else [f"method {i}" for i in range(len(summaries))]
     fig, (ax_e, ax_f) = _figure(2)
+    drawn = []   # the fake rate uses every predicted cluster (no true type): draw each distinct curve once
     for s, lab in zip(summaries, labels):
         c = np.maximum(s["e_center"], 0.25)
-        for ax, k in ((ax_e, "efficiency"), (ax_f, "fake_rate")):
+        panels = [(ax_e, "efficiency")]
+        fr = np.asarray(s["fake_rate"], np.float64)
+        if not any(np.array_equal(fr, d, equal_nan=True) for d in drawn):
+            drawn.append(fr)
+            panels.append((ax_f, "fake_rate"))
+        for ax, k in panels:
             ok = np.isfinite(s[k])
             ax.errorbar(c[ok], s[k][ok], yerr=s[k + "_err"][ok], fmt="o-", label=lab)
-    for ax, xl, yl in ((ax_e, "E_true [GeV]", "efficiency"), (ax_f, "E_reco [GeV]", "fake rate")):
-        _log_x(ax)
-        ax.set_ylim(-0.02, 1.05)
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _finish(fig, path, title, ((ax_e, "E_true [GeV]", "efficiency"), (ax_f, "E_reco [GeV]", "fake rate")),
+                   ylim=(-0.02, 1.05))
 
 
 def plot_event_display(x, y, z, labels, path, energy=None, title: str = "", side: Optional[int] = None) -> str:
