@@ -41,8 +41,9 @@ __all__ = ["SYNTH_RAW_IDS", "GENERATOR_VERSION", "HDL64E", "generate_sequence",
 #: Bumped whenever the generated content changes, so ``ensure_synthetic_kitti`` regenerates stale sets
 #: (2: all 19 classes: medians, motorcycles, other vehicles, bicyclists, motorcyclists; 3: stronger
 #: geometric cues: raised parking bays with markings, grass roughness on terrain, stepped truck
-#: profiles, trams, larger signs, denser fences, more signs / pedestrians / riders per scan).
-GENERATOR_VERSION = 3
+#: profiles, trams, larger signs, denser fences, more signs / pedestrians / riders per scan;
+#: 4: broad parking edge line, fewer parked vehicles so that more bay surface is visible).
+GENERATOR_VERSION = 4
 _META = "synth_meta.json"
 
 

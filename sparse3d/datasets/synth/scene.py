@@ -224,7 +224,7 @@ def _populate_side(B: _Builder, st: Street, side: int, spans: List[Tuple[float, 
         if pw > 0:
             u = a + rng.uniform(0, 3)
             while u < b - 6:
-                if rng.random() < 0.85:
+                if rng.random() < 0.7:  # occupied; free stretches show the bay surface and its markings
                     kind = rng.random()
                     heading = yaw + (0.0 if rng.random() < 0.8 else np.pi) + rng.normal(0, 0.03)
                     v = sg * (e0 + pw / 2 + rng.uniform(-0.15, 0.15))

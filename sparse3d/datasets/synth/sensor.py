@@ -42,7 +42,7 @@ class HDL64E:
 
 _GROUND_ALBEDO = {ROAD: (0.13, 0.3), PARKING: (0.15, 0.35), SIDEWALK: (0.22, 0.45), OTHER_GROUND: (0.18, 0.48),
                   TERRAIN: (0.28, 0.55)}
-_LINE_W = 0.12  # width of painted parking lines (m)
+_LINE_W, _EDGE_W = 0.12, 0.25  # widths of painted bay lines and of the broad edge line along the road (m)
 #: Grass on terrain: a ray enters the grass top (the height field) and stops after a random path
 #: (mean ``_GRASS_MFP`` m) but at most ``_GRASS_H`` m below the top, so terrain is rough at the
 #: scale of a few centimetres while paved surfaces are flat up to the range noise.
@@ -78,7 +78,7 @@ def _ground_albedo(layout: Layout, cls, x, y, rng):
         e1 = np.where(v >= 0, st.edges(1)[1], st.edges(0)[1])
         band = (av >= e0) & (av < e1) & (u >= st.u_range[0]) & (u <= st.u_range[1])
         bay = 5.0 + 0.5 * (int(abs(st.offset)) % 3)
-        paint = band & ((av - e0 < _LINE_W) | (np.mod(u + 0.37 * st.offset, bay) < _LINE_W))
+        paint = band & ((av - e0 < _EDGE_W) | (np.mod(u + 0.37 * st.offset, bay) < _LINE_W))
         alb[park[paint]] = rng.uniform(0.5, 0.8, int(paint.sum()))
     return alb
 
