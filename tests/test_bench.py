@@ -106,3 +106,21 @@ def test_case_selection_and_args():
     assert a.repeats == 1 and a.inputs == ["synthetic"] and a.warmup == 0
     with pytest.raises(SystemExit):
         bench.parse_args(["--threads", "0"])
+
+
+def test_bench_calo_interleaved_ratios():
+    """tools/bench_calo.py: both networks on the same batches; speedup = median per-repeat ratio."""
+    spec = importlib.util.spec_from_file_location("sparse3d_tools_bench_calo", REPO / "tools" / "bench_calo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from sparse3d.datasets.calo import CaloGenConfig, generate_events
+    from sparse3d.datasets.calo.module import CaloCollate
+    spv, cfg = mod._model("calo_spvcnn", None)
+    gn, _ = mod._model("calo_gravnet", None)
+    assert type(spv).__name__ == "CaloSPVCNN" and type(gn).__name__ == "GravNetOC"
+    events = generate_events(3, CaloGenConfig(n_particles=(1, 2)), seed=3)
+    res = mod.bench(spv, gn, events, CaloCollate(), [1, 2], [1], repeats=2)
+    for bs in (1, 2):
+        v = res[1][bs]
+        assert all(_finite(v[k]) and v[k] > 0 for k in ("spvcnn_ms", "gravnet_ms", "speedup"))
+        assert v["speedup_min"] <= v["speedup"] <= v["speedup_max"]

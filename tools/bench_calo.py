@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Network time of Calo-SPVCNN vs GravNet+OC on the same events, interleaved in one run.
+
+``tools/eval.py experiment=calo_*`` times each method in its own run; on a shared machine the load
+changes between runs. Here both networks (built from ``configs/model/calo_spvcnn.yaml`` and
+``calo_gravnet.yaml``, optionally with checkpoint weights) run on the SAME collated batches, and each
+timed repeat runs SPVCNN then GravNet back to back, so the per-repeat ratio sees the same load. For
+every thread count and batch size it prints the median per-event wall time of each network, the
+median of the per-repeat ratios (GravNet / SPVCNN: the speedup), and the process CPU times.
+
+Events: the synthetic test split at the default size (``configs/dataset/calo_synth.yaml``; generated
+on first use), the first ``--events`` of them. Network time only (``model(batch)``, no clustering,
+batches collated beforehand); the network time does not depend on the weights, so checkpoints are
+optional.
+
+Usage: ``python tools/bench_calo.py [--events 64] [--batch-sizes 1 8 32] [--threads 1 2] [--repeats 5]
+[--spvcnn-ckpt best.pt] [--gravnet-ckpt best.pt] [--json out.json]``. Nothing is gated on the times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import sparse3d  # noqa: E402,F401  (before torch: passive OpenMP waiting)
+import torch  # noqa: E402
+
+
+def _model(name: str, ckpt):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from sparse3d.evaluation.predict import load_model_weights
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+        cfg = compose("train", [f"experiment={name}"])
+    model = instantiate(cfg.model)
+    if ckpt:
+        load_model_weights(model, str(ckpt), expected_target=cfg.model._target_)
+    return model.eval(), cfg
+
+
+def _time_pass(model, batches, n_events):
+    t, c = time.perf_counter(), time.process_time()
+    for b in batches:
+        model(b)
+    return 1e3 * (time.perf_counter() - t) / n_events, 1e3 * (time.process_time() - c) / n_events
+
+
+@torch.no_grad()
+def bench(spv, gn, events, collate, batch_sizes, threads, repeats):
+    """``{threads: {bs: {...}}}`` with per-event ms (median) and the median per-repeat speedup."""
+    import numba
+
+    out = {}
+    for th in threads:
+        torch.set_num_threads(th)
+        numba.set_num_threads(min(th, numba.config.NUMBA_NUM_THREADS))
+        out[th] = {}
+        for bs in batch_sizes:
+            batches = [collate.events(events[i:i + bs], [f"b/{j}" for j in range(i, min(i + bs, len(events)))])
+                       for i in range(0, len(events), bs)]
+            for m in (spv, gn):
+                for b in batches[:2]:
+                    m(b)
+            rows = []
+            for _ in range(repeats):
+                s = _time_pass(spv, batches, len(events))
+                g = _time_pass(gn, batches, len(events))
+                rows.append((s, g))
+            med = statistics.median
+            out[th][bs] = {"spvcnn_ms": med(r[0][0] for r in rows), "gravnet_ms": med(r[1][0] for r in rows),
+                           "spvcnn_cpu_ms": med(r[0][1] for r in rows), "gravnet_cpu_ms": med(r[1][1] for r in rows),
+                           "speedup": med(r[1][0] / r[0][0] for r in rows),
+                           "speedup_min": min(r[1][0] / r[0][0] for r in rows),
+                           "speedup_max": max(r[1][0] / r[0][0] for r in rows)}
+            v = out[th][bs]
+            print(f"threads {th}  batch {bs:3d}:  Calo-SPVCNN {v['spvcnn_ms']:7.2f} ms/event "
+                  f"(cpu {v['spvcnn_cpu_ms']:7.2f})  GravNet+OC {v['gravnet_ms']:7.2f} ms/event "
+                  f"(cpu {v['gravnet_cpu_ms']:7.2f})  speedup {v['speedup']:5.1f}x "
+                  f"[{v['speedup_min']:.1f}-{v['speedup_max']:.1f}]", flush=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=64)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--spvcnn-ckpt", default=None)
+    ap.add_argument("--gravnet-ckpt", default=None)
+    ap.add_argument("--split", default="test", choices=["test", "test_pu", "val"])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if a.events < 1 or a.repeats < 1 or min(a.batch_sizes) < 1 or min(a.threads) < 1:
+        ap.error("--events, --repeats, --batch-sizes and --threads must be positive")
+    os.environ.setdefault("SPARSE3D_ROOT", str(ROOT))
+    spv, cfg = _model("calo_spvcnn", a.spvcnn_ckpt)
+    gn, _ = _model("calo_gravnet", a.gravnet_ckpt)
+    from hydra.utils import instantiate
+    dm = instantiate(cfg.dataset)
+    dm.prepare_data()
+    events = dm.events(a.split)[:a.events]
+    if not events:
+        raise SystemExit(f"split {a.split!r} has no events")
+    hits = sum(e.n_hits for e in events) / len(events)
+    print(f"{len(events)} {a.split} events, {hits:.0f} hits/event; load average {os.getloadavg()}", flush=True)
+    res = bench(spv, gn, events, dm.collate, a.batch_sizes, a.threads, a.repeats)
+    payload = {"events": len(events), "split": a.split, "hits_per_event": hits, "load_after": os.getloadavg(),
+               "results": {str(t): {str(b): v for b, v in r.items()} for t, r in res.items()}}
+    if a.json:
+        Path(a.json).write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
