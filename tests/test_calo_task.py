@@ -278,7 +278,8 @@ def test_fit_clue_and_evaluate_through_configs(dm, tmp_path, capsys):
     assert out["method"] == "CLUE" and out["clue_params"]["dc_si"] == res["clue_params"]["dc_si"]
     assert out["splits"]["test"]["n_events"] == 2 and out["splits"]["test_pu"]["n_events"] == 2
     row = out["table"][0]
-    assert row["speedup_net"] == pytest.approx(50.0 / row["net_ms"])
+    assert out["has_network"] is False and row["speedup_net"] is None     # CLUE has no network
+    assert row["speedup_total"] == pytest.approx(60.0 / row["total_ms"])
     md = (ev / "calo_table.md").read_text()
     assert "| CLUE | test | 2 |" in md and "energy-weighted IoU" in md
     comp = (results / "comparison.md").read_text()

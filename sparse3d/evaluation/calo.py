@@ -214,7 +214,7 @@ def result_row(result: Dict[str, Any], split: str) -> Dict[str, Any]:
             "sq": c["sq"], "rq": c["rq"], "pq": c["pq"], "pq_event": c["pq_event"],
             "wsq": e["sq"], "wrq": e["rq"], "wpq": e["pq"], "wpq_event": e["pq_event"],
             "net_ms": s["net_ms"]["mean"], "cluster_ms": s["cluster_ms"]["mean"], "total_ms": s["total_ms"]["mean"],
-            "speedup_net": None, "speedup_total": None,
+            "speedup_net": None, "speedup_total": None, "has_network": result.get("has_network", True),
             "throughput": {int(k): dict(v, speedup=None) for k, v in (s.get("throughput") or {}).items()}}
 
 
@@ -226,9 +226,11 @@ def _add_speedups(rows: List[dict], reference: Optional[List[dict]] = None) -> L
         for g in refs:
             if (g["split"], g["n_events"], g["num_threads"]) == (r["split"], r["n_events"], r["num_threads"]):
                 for k, t in (("speedup_net", "net_ms"), ("speedup_total", "total_ms")):
+                    if k == "speedup_net" and not r.get("has_network", True):
+                        continue    # CLUE: no network, its time is all clustering
                     if g.get(t) and r.get(t):
                         r[k] = g[t] / r[t]
-                for bs, v in (r.get("throughput") or {}).items():
+                for bs, v in ((r.get("throughput") or {}) if r.get("has_network", True) else {}).items():
                     gv = (g.get("throughput") or {}).get(bs)
                     if gv and gv.get("wall_ms") and v.get("wall_ms"):
                         v["speedup"] = gv["wall_ms"] / v["wall_ms"]
@@ -412,7 +414,8 @@ def evaluate(cfg) -> Dict[str, Any]:
     result: Dict[str, Any] = {"method": method, "model_class": type(model).__name__, "experiment": name,
                               "checkpoint": None if not ckpt else str(ckpt), "epoch": epoch,
                               "num_threads": int(threads) if threads else torch.get_num_threads(),
-                              "device": str(device), "warmup": int(opts["warmup"]), "splits": {}, "plots": {}}
+                              "device": str(device), "warmup": int(opts["warmup"]), "splits": {}, "plots": {},
+                              "has_network": any(True for _ in model.parameters())}
     if hasattr(model, "params") and hasattr(model.params, "__dataclass_fields__"):
         from dataclasses import asdict
         result["clue_params"] = asdict(model.params)
