@@ -189,6 +189,35 @@ def test_bn_momentum_override():
         BEVFusion({"lidar": PointsToBEV()}, heads=_heads(), bn_momentum=0.0)
 
 
+def test_init_from_lidar_checkpoint(tmp_path):
+    """Fusion initialized from a LiDAR-only checkpoint (upstream's recipe): every same-name, same-shape tensor
+    loads; the camera branch and the fuser keep their fresh init."""
+    torch.manual_seed(0)
+    lidar = BEVFusion({"lidar": PointsToBEV()}, decoder=nn.Conv2d(8, 8, 3, padding=1), heads=_heads())
+    ck = tmp_path / "last.pt"
+    torch.save({"model": lidar.state_dict(), "epoch": 3}, ck)
+    torch.manual_seed(1)
+    fresh = BEVFusion({"camera": _camera_parts(), "lidar": PointsToBEV()}, fuser=Fuser(),
+                      decoder=nn.Conv2d(8, 8, 3, padding=1), heads=_heads())
+    torch.manual_seed(1)
+    fused = BEVFusion({"camera": _camera_parts(), "lidar": PointsToBEV()}, fuser=Fuser(),
+                      decoder=nn.Conv2d(8, 8, 3, padding=1), heads=_heads(), init_from=str(ck))
+    src, new, ref = lidar.state_dict(), fused.state_dict(), fresh.state_dict()
+    assert sorted(fused.init_report["loaded"]) == sorted(src) and fused.init_report["skipped"] == []
+    for k, v in new.items():
+        torch.testing.assert_close(v, src[k] if k in src else ref[k], rtol=0, atol=0, msg=k)
+    assert any(k.startswith("fuser.") for k in new) and not any(k.startswith("fuser.") for k in src)
+    # a bare state dict works too; shape mismatches are skipped, not loaded
+    bad = dict(src)
+    bad["decoder.weight"] = torch.zeros(8, 8, 1, 1)
+    rep = fresh.load_matching(bad)
+    assert "decoder.weight" in rep["skipped"] and "decoder.bias" in rep["loaded"]
+    with pytest.raises(ValueError, match="no tensor"):
+        fresh.load_matching({"other.weight": torch.zeros(1)})
+    with pytest.raises(TypeError, match="init_from"):
+        fresh.load_matching([1, 2])
+
+
 def test_lidar_parts_mapping(batch):
     class Vox(nn.Module):
         def forward(self, points):

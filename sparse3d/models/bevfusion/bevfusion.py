@@ -57,11 +57,16 @@ class BEVFusion(nn.Module):
         bn_momentum: if given, the running-statistics momentum of every BatchNorm (dense and sparse) in the model.
             mmdet3d's 0.01 suits upstream's ~70k iterations; short runs (the tiny configs: a few hundred steps)
             need 0.1, or the eval-mode statistics still lag far behind the weights.
+        init_from: a checkpoint (a trainer checkpoint with a ``model`` entry, or a bare state dict) whose tensors
+            initialize every parameter / buffer of the same name and shape (see :meth:`load_matching`). Upstream
+            BEVFusion trains the fusion model from a LiDAR-only checkpoint: its LiDAR encoder, decoder and heads
+            load, the camera branch and the fuser start fresh.
     """
 
     def __init__(self, encoders: Mapping[str, Any], fuser: Optional[nn.Module] = None, decoder: Any = None,
                  heads: Optional[Mapping[str, Any]] = None, loss_scale: Optional[Mapping[str, float]] = None,
-                 score_threshold: float = 0.0, max_boxes: int = 500, bn_momentum: Optional[float] = None) -> None:
+                 score_threshold: float = 0.0, max_boxes: int = 500, bn_momentum: Optional[float] = None,
+                 init_from: Optional[str] = None) -> None:
         super().__init__()
         if not isinstance(encoders, Mapping) or not encoders:
             raise ValueError("encoders must be a non-empty mapping with keys 'camera' and/or 'lidar'")
@@ -101,6 +106,31 @@ class BEVFusion(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = float(bn_momentum)
+        self.init_report: Optional[Dict[str, List[str]]] = None
+        if init_from is not None:
+            self.init_report = self.load_matching(init_from)
+
+    def load_matching(self, checkpoint: Any) -> Dict[str, List[str]]:
+        """Copy every tensor of ``checkpoint`` (a path, a trainer checkpoint dict with ``model``, or a state dict)
+        whose name and shape match this model's state dict; return ``{"loaded": [...], "skipped": [...]}``
+        (skipped: checkpoint names absent here or of another shape). ValueError if nothing matches."""
+        state = checkpoint
+        if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+            state = state["model"]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"init_from: expected a state dict or a checkpoint with 'model', got {type(state).__name__}")
+        own = self.state_dict()
+        loaded = [k for k, v in state.items() if k in own and torch.is_tensor(v) and v.shape == own[k].shape]
+        skipped = [k for k in state if k not in loaded]
+        if not loaded:
+            raise ValueError(f"init_from: no tensor of the checkpoint matches this model by name and shape "
+                             f"({len(state)} checkpoint entries, e.g. {list(state)[:3]})")
+        with torch.no_grad():
+            for k in loaded:
+                own[k].copy_(state[k])
+        return {"loaded": loaded, "skipped": skipped}
 
     # ------------------------------------------------------------------ properties
     @property
