@@ -69,9 +69,12 @@ def test_forward_backward_smoke():
             assert m.weight.grad.abs().sum() > 0, name
 
 
-def test_rows_follow_input_order():
+@pytest.mark.parametrize("arch", ["minkunet", "spvcnn"])
+def test_rows_follow_input_order(arch):
+    """Output rows follow the input row order (MinkUNet and SPVCNN)."""
+    from sparse3d.models.spvnas.spvcnn import SPVCNN
     torch.manual_seed(0)
-    model = MinkUNet(cr=0.25).eval()
+    model = (MinkUNet if arch == "minkunet" else SPVCNN)(cr=0.25).eval()
     x = _cloud(seed=3)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -81,17 +81,6 @@ def test_batch_samples_independent():
             torch.testing.assert_close(full[rows], single, rtol=1e-4, atol=1e-5)
 
 
-def test_rows_follow_input_order():
-    torch.manual_seed(0)
-    model = SPVCNN(cr=0.25).eval()
-    x = _cloud(seed=3)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        a = model(x)
-        b = model(sparse3d.SparseTensor(x.feats[perm], x.coords[perm]))
-    torch.testing.assert_close(b, a[perm], rtol=1e-4, atol=1e-5)
-
-
 def test_single_voxel_and_large_coords():
     torch.manual_seed(0)
     model = SPVCNN(cr=0.25, num_classes=3).eval()
