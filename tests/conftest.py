@@ -52,6 +52,18 @@ def kitti_coords(kitti_points) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([np.zeros((len(c), 1), np.int32), c], 1))
 
 
+def run_spconv(module, tensor):
+    """Run a spconv module without grad, single-threaded (the spconv CPU wheel returns wrong rows under
+    2 torch threads); restores the thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return module(tensor)
+    finally:
+        torch.set_num_threads(n)
+
+
 def random_coords(n: int, extent: int = 8, batch: int = 2, seed: int = 0, low: int = 0) -> torch.Tensor:
     """Unique random ``[<=n, 4]`` int32 coords in ``[low, low+extent)^3`` over ``batch`` samples."""
     g = torch.Generator().manual_seed(seed)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_coords
+from conftest import random_coords, run_spconv
 from sparse3d import SparseTensor
 from sparse3d.interop import spconv as isp
 from sparse3d.nn import functional as F
@@ -27,17 +27,6 @@ DATAFLOWS = ["fused", "gather_gemm_scatter"]
 
 
 # ----------------------------------------------------------------------------- helpers
-def run_spconv(module, tensor):
-    """Run a spconv module single-threaded (restores the thread count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return module(tensor)
-    finally:
-        torch.set_num_threads(n)
-
-
 def spconv_layer(cls, cin, cout, ks, seed, **kw):
     torch.manual_seed(seed)
     m = cls(cin, cout, ks, bias=False, algo=ConvAlgo.Native, **kw)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import random_coords
+from conftest import random_coords, run_spconv
 from sparse3d import SparseTensor
 from sparse3d import nn as snn
 from sparse3d.interop import spconv as isp
@@ -33,16 +33,6 @@ def _sorted(coords, feats):
     c = coords.long()
     perm = torch.from_numpy(np.lexsort(c.numpy().T[::-1].copy()))
     return c[perm], feats[perm]
-
-
-def _spconv_run(module, tensor):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return module(tensor)
-    finally:
-        torch.set_num_threads(n)
 
 
 # ============================================================================= spconv: tensors
@@ -234,7 +224,7 @@ def test_load_spconv_state_dict_forward_parity():
     assert not res.missing_keys and not res.unexpected_keys
     x = _x(n=800, extent=16, low=-8, cin=4, seed=3)
     org = isp.origin_for(x, 2)
-    ref = isp.from_spconv(_spconv_run(net, isp.to_spconv(x, origin=org, shape_multiple=2)), 2, origin=org)
+    ref = isp.from_spconv(run_spconv(net, isp.to_spconv(x, origin=org, shape_multiple=2)), 2, origin=org)
     with torch.no_grad():
         y = ours(x)
     assert y.stride == (2, 2, 2)
