@@ -16,6 +16,7 @@ from torch import nn
 
 from ...nn.functional import initial_voxelize, point_to_voxel, voxel_to_point
 from ...tensor import PointTensor, SparseTensor
+from ...utils.threads import small_input_threads
 from ..spvnas.blocks import sparse_cat
 from ..spvnas.minkunet import add_unet_backbone, init_batchnorm, minkunet_channels
 from .heads import CaloHeads, CaloHeadsMixin, check_batch
@@ -129,6 +130,10 @@ class CaloSPVCNN(CaloHeadsMixin, nn.Module):
         pts, feats, _ = check_batch(batch, self.in_channels)
         if pts.shape[0] == 0:
             return feats.new_zeros((0, self.channels[8]))
+        with small_input_threads(pts.shape[0]):   # ~1k-hit events: one torch thread (sparse3d.utils.threads)
+            return self._hit_features(pts, feats)
+
+    def _hit_features(self, pts: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         vs = torch.tensor(self.voxel_size, dtype=pts.dtype, device=pts.device)
         xyz = pts[:, 1:] / vs
         pin = torch.cat([feats, (xyz - torch.floor(xyz) - 0.5).to(feats.dtype)], 1)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ... import nn as spnn
 from ...tensor import SparseTensor
+from ...utils.threads import small_input_threads
 from .blocks import BasicConvolutionBlock, BasicDeconvolutionBlock, ResidualBlock, sparse_cat
 
 __all__ = ["add_unet_backbone", "init_batchnorm", "MinkUNet", "minkunet_channels"]
@@ -104,6 +105,10 @@ class MinkUNet(nn.Module):
         if x.feats.shape[1] != self.in_channels:
             raise ValueError(
                 f"x.feats has {x.feats.shape[1]} channels, MinkUNet expects in_channels={self.in_channels}")
+        with small_input_threads(len(x)):     # small inputs: one torch thread (sparse3d.utils.threads)
+            return self._forward(x)
+
+    def _forward(self, x: SparseTensor) -> torch.Tensor:
         x0 = self.stem(x)
         x1 = self.stage1(x0)
         x2 = self.stage2(x1)

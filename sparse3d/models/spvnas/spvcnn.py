@@ -13,6 +13,7 @@ from torch import nn
 
 from ...nn.functional import initial_voxelize, point_to_voxel, voxel_to_point
 from ...tensor import PointTensor, SparseTensor
+from ...utils.threads import small_input_threads
 from .blocks import sparse_cat
 from .minkunet import add_unet_backbone, init_batchnorm, minkunet_channels
 
@@ -91,6 +92,10 @@ class SPVCNN(nn.Module):
             raise ValueError(f"SPVCNN expects an input at tensor stride 1, got x.stride={x.stride}")
         if len(x) == 0:
             raise ValueError("SPVCNN got an empty SparseTensor (0 voxels)")
+        with small_input_threads(len(x)):     # small inputs: one torch thread (sparse3d.utils.threads)
+            return self._forward(x)
+
+    def _forward(self, x: SparseTensor) -> torch.Tensor:
         z = PointTensor(x.feats, x.coords.float())
 
         x0 = initial_voxelize(z)

@@ -284,10 +284,8 @@ def _numba_ggs_backward(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, km: K
 
 
 def _sync_threads() -> None:
-    import numba
-    nt = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != nt:
-        numba.set_num_threads(nt)
+    from ...utils.threads import sync_numba_threads
+    sync_numba_threads()
 
 
 def _fused_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tensor:

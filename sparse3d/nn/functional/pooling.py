@@ -39,10 +39,8 @@ def _numba_ok(x: torch.Tensor) -> bool:
 
 
 def _numba_threads() -> None:
-    import numba
-    nt = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != nt:
-        numba.set_num_threads(nt)
+    from ...utils.threads import sync_numba_threads
+    sync_numba_threads()
 
 
 def _np(t: torch.Tensor):
