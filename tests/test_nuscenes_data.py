@@ -24,7 +24,7 @@ from sparse3d.datasets.nuscenes import (CAMERAS, CATEGORIES, CLASS_COLORS, DETEC
                                         LOCATIONS, TABLES, NuScenesDataError, NuScenesLoader, build_scene, cli,
                                         write_nuscenes_synth)
 from sparse3d.datasets.nuscenes.common import SHADES  # noqa: E402
-from sparse3d.datasets.nuscenes.scene import CAMERA_DELAY  # noqa: E402
+from sparse3d.datasets.nuscenes.scene import CAMERA_DELAY, PART_PROFILES  # noqa: E402
 from sparse3d.datasets.nuscenes.town import GROUND_COLORS  # noqa: E402
 
 VERSION = "v1.0-mini"
@@ -212,6 +212,57 @@ def test_num_lidar_pts_are_points_in_boxes(loader):
         box = Box(b[:3], [b[4], b[3], b[5]], Quaternion(axis=[0, 0, 1], angle=float(b[6])))
         inside = int(points_in_box(box, pts).sum())
         assert inside == n
+
+
+def _end_heights(info, name: str, min_pts: int = 6):
+    """Per annotated ``name`` box: highest keyframe return (above the box bottom) in its front and rear quarter."""
+    pts = info["points"][info["points"][:, 4] == 0, :3]
+    out = []
+    for b, nm in zip(info["gt_boxes"], info["gt_names"]):
+        if nm != name:
+            continue
+        d = pts - b[:3]
+        c, s = np.cos(b[6]), np.sin(b[6])
+        x, y = c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]
+        inside = (np.abs(x) <= b[3] / 2) & (np.abs(y) <= b[4] / 2) & (np.abs(d[:, 2]) <= b[5] / 2)
+        z = d[inside, 2] + b[5] / 2
+        front, rear = z[x[inside] > b[3] / 4], z[x[inside] < -b[3] / 4]
+        if len(front) >= min_pts and len(rear) >= min_pts:
+            out.append((front.max() / b[5], rear.max() / b[5]))
+    return np.array(out).reshape(-1, 2)
+
+
+def test_car_lidar_returns_differ_front_vs_back(loader):
+    """Heading is observable: a car's returns in the front quarter (bonnet) stay low, the rear quarter reaches the
+    roof, so the height profile along the annotated heading tells front from back (not a symmetric cuboid)."""
+    ld = NuScenesLoader(loader.dataroot, VERSION, nsweeps=0, load_images=False)
+    tokens = ld.split_tokens("mini_train") + ld.split_tokens("mini_val")
+    prof = np.concatenate([_end_heights(ld.load(tok), "car") for tok in tokens])
+    assert len(prof) >= 8, prof
+    front, rear = prof[:, 0], prof[:, 1]
+    assert (front < 0.6).mean() > 0.9 and np.median(rear) > 0.85, prof  # bonnet ~0.55 h, roof ~h
+    assert (front < rear - 0.2).mean() > 0.85, prof
+
+
+def test_agent_parts_fill_the_solid_shape():
+    """Vehicles are a body plus a lower front part inside the annotation box; other classes are one box."""
+    sc = build_scene(TINY["seed"], 0, TINY["n_keyframes"], TINY["n_sweeps"], TINY["image_size"], TINY["n_objects"])
+    parts, owner = sc.agent_parts(0.5)
+    full = sc.agent_shapes(0.5)
+    assert parts.shape == (len(owner), 7) and (np.diff(owner) >= 0).all()
+    assert np.array_equal(np.unique(owner), np.arange(len(sc.yaw)))
+    for a, cls in enumerate(sc.det_class):
+        p = parts[owner == a]
+        n_expected = 2 if cls in PART_PROFILES else 1
+        assert len(p) == n_expected, cls
+        assert np.isclose(p[:, 3].sum(), full[a, 3]) and np.allclose(p[:, 4], full[a, 4])
+        assert np.isclose(p[:, 5].max(), full[a, 5]) and np.allclose(p[:, 2], p[:, 5] / 2)
+        u = np.array([np.cos(full[a, 6]), np.sin(full[a, 6])])
+        along = (p[:, :2] - full[a, :2]) @ u
+        assert np.isclose(along.min() - p[along.argmin(), 3] / 2, -full[a, 3] / 2)
+        assert np.isclose(along.max() + p[along.argmax(), 3] / 2, full[a, 3] / 2)
+        if n_expected == 2:
+            assert p[along.argmax(), 5] < p[along.argmin(), 5]  # the front part is the lower one
 
 
 def test_multisweep_points_have_time_lag(loader):

@@ -19,6 +19,7 @@ from sparse3d.datasets.nuscenes.augment import (image_aug_matrix, image_aug_para
                                                 transform_points, warp_image)
 from sparse3d.datasets.nuscenes.module import NuScenesDataModule, collate_nuscenes, ensure_nuscenes_synth  # noqa: E402
 from sparse3d.datasets.nuscenes.render import box_corners  # noqa: E402
+from sparse3d.datasets.nuscenes.writer import WRITER_VERSION  # noqa: E402
 
 VERSION = "v1.0-mini"
 # 1 train + 1 val scene of 3 keyframes; the val scene holds all 10 detection classes (seed 0)
@@ -312,6 +313,15 @@ def test_prepare_data_reuses_matching_set(root, tmp_path_factory):
     d = NuScenesDataModule(root, VERSION, synthetic=TINY)
     assert d.prepare_data() == root
     assert (root / "synth_meta.json").stat().st_mtime_ns == before
+
+
+def test_prepare_data_rewrites_older_writer_version(root, tmp_path):
+    dst = _copy(root, tmp_path)
+    meta = json.loads((dst / "synth_meta.json").read_text())
+    meta["writer_version"] = WRITER_VERSION - 1
+    (dst / "synth_meta.json").write_text(json.dumps(meta))
+    assert ensure_nuscenes_synth(dst, **TINY) == dst
+    assert json.loads((dst / "synth_meta.json").read_text())["writer_version"] == WRITER_VERSION
 
 
 # ---------------------------------------------------------------------------------------------- bad input

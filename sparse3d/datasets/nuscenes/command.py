@@ -17,7 +17,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--scenes", type=int, default=10, help="scenes (20 %% of them, at least 1, go to val)")
     ap.add_argument("--val", type=int, default=None, help="validation scenes (default 20 %%)")
     ap.add_argument("--keyframes", type=int, default=10, help="keyframes (samples) per scene, 0.5 s apart")
-    ap.add_argument("--sweeps", type=int, default=2, help="LiDAR sweeps before each keyframe, 0.05 s apart")
+    ap.add_argument("--sweeps", type=int, default=9, help="LiDAR sweeps before each keyframe, 0.05 s apart")
     ap.add_argument("--width", type=int, default=400, help="camera image width")
     ap.add_argument("--height", type=int, default=225, help="camera image height")
     ap.add_argument("--azimuth-steps", type=int, default=1080, help="LiDAR firings per revolution (32 beams)")

@@ -1,5 +1,6 @@
 """Simulated 32-beam spinning LiDAR (HDL-32E-like, as nuScenes' LIDAR_TOP) and virtual radars, ray-cast
-against the ground plane ``z = 0`` and oriented boxes (agents, buildings, trees) with a numba kernel."""
+against the ground plane ``z = 0`` and oriented boxes (agents' solid parts, buildings, trees) with a numba
+kernel."""
 from __future__ import annotations
 
 import numpy as np
@@ -89,15 +90,22 @@ def cast_rays(origin, dirs, boxes, max_range):
 
 
 @njit(cache=True)
-def cast_spin(origin, dirs, az0, boxes, max_range):
+def cast_spin(origin, dirs, az0, boxes, owner, max_range):
     """:func:`cast_rays` for a spinning scanner: ``dirs`` ``[S, B, 3]`` are S firings of B beams, firing i at
-    global azimuth ``az0 + 2 pi i / S``; each box is only tested against the firings its footprint spans."""
+    global azimuth ``az0 + 2 pi i / S``; each box is only tested against the firings its footprint spans.
+
+    ``owner`` ``[M]`` int64 groups boxes into objects (the boxes of one object consecutive, ids ``0..G-1``); the
+    returned ``potential`` is ``[G]``: rays crossing any box of the object, each ray counted once."""
     S, B = dirs.shape[0], dirs.shape[1]
     step = 2 * np.pi / S
     best = np.full((S, B), np.inf)
     hit = np.full((S, B), -2, np.int32)
     tmax = np.full((S, B), max_range)
-    potential = np.zeros(boxes.shape[0], np.int64)
+    G = 0
+    for m in range(owner.shape[0]):
+        G = max(G, owner[m] + 1)
+    potential = np.zeros(G, np.int64)
+    mark = np.full((S, B), -1, np.int64)
     ox, oy, oz = origin[0], origin[1], origin[2]
     for i in range(S):
         for b in range(B):
@@ -127,7 +135,9 @@ def cast_spin(origin, dirs, az0, boxes, max_range):
             for b in range(B):
                 t = _slab(px, py, pz, dirs[i, b, 0], dirs[i, b, 1], dirs[i, b, 2], c, s, l, w, h)
                 if t < tmax[i, b]:
-                    potential[m] += 1
+                    if mark[i, b] != owner[m]:
+                        mark[i, b] = owner[m]
+                        potential[owner[m]] += 1
                     if t < best[i, b]:
                         best[i, b], hit[i, b] = t, m
     t_out = best.reshape(-1).copy()
@@ -152,9 +162,13 @@ def beam_directions(azimuth_steps: int, phase: float = 0.0) -> tuple[np.ndarray,
 
 
 def _scene_boxes(scene, t, center, radius):
+    """``[P + S, 7]`` boxes (the agents' solid parts, then nearby statics), the statics' indices ``[S]`` and the
+    owner ``[P + S]`` int64 of every box (agent index; statics get ``A + j``)."""
     idx = scene.town.statics_near(center, radius)
-    agents = scene.agent_shapes(t)
-    return np.ascontiguousarray(np.concatenate([agents, scene.town.static_boxes[idx]], 0)), idx
+    parts, owner = scene.agent_parts(t)
+    A = len(scene.yaw)
+    owner = np.concatenate([owner, A + np.arange(len(idx), dtype=np.int64)])
+    return np.ascontiguousarray(np.concatenate([parts, scene.town.static_boxes[idx]], 0)), idx, owner
 
 
 def simulate_lidar(scene, t: float, rng: np.random.Generator, azimuth_steps: int = 1080,
@@ -169,11 +183,13 @@ def simulate_lidar(scene, t: float, rng: np.random.Generator, azimuth_steps: int
     origin = pose[:3, 3].copy()
     dirs_l, ring = beam_directions(azimuth_steps, float(rng.uniform(0, 2 * np.pi / azimuth_steps)))
     dirs_g = np.ascontiguousarray(dirs_l @ pose[:3, :3].T)
-    boxes, sidx = _scene_boxes(scene, t, origin[:2], max_range + 5.0)
+    boxes, sidx, owner = _scene_boxes(scene, t, origin[:2], max_range + 5.0)
     # the LiDAR is only yawed, so firing i (32 beams) points at global azimuth az0 + 2 pi i / azimuth_steps
     az0 = float(np.arctan2(dirs_g[0, 1], dirs_g[0, 0]))
-    t_hit, hit, potential = cast_spin(origin, dirs_g.reshape(azimuth_steps, 32, 3), az0, boxes, float(max_range))
+    t_hit, hit, potential = cast_spin(origin, dirs_g.reshape(azimuth_steps, 32, 3), az0, boxes, owner,
+                                      float(max_range))
     A = len(scene.yaw)
+    hit = np.where(hit >= 0, owner[np.maximum(hit, 0)], hit).astype(np.int32)  # part -> agent (statics: A + j)
     keep = np.isfinite(t_hit) & (rng.random(len(t_hit)) > 0.02)
     t_hit, hit, ring, dirs_l, dirs_g = t_hit[keep], hit[keep], ring[keep], dirs_l[keep], dirs_g[keep]
     rng_noisy = t_hit + rng.normal(0.0, noise, len(t_hit))
@@ -208,11 +224,12 @@ def radar_counts(scene, t: float, max_range: float = 100.0) -> np.ndarray:
     az = np.deg2rad(np.arange(-60.0, 60.5, 1.0))
     d_l = np.stack([np.cos(az), np.sin(az), np.zeros_like(az)], 1)
     ego = scene.ego_pose(t)
-    boxes, _ = _scene_boxes(scene, t, ego[:2, 3], max_range + 5.0)
+    boxes, _, owner = _scene_boxes(scene, t, ego[:2, 3], max_range + 5.0)
     for mount in scene.rig.radars:
         pose = ego @ mount
         _, hit, _ = cast_rays(pose[:3, 3].copy(), np.ascontiguousarray(d_l @ pose[:3, :3].T), boxes,
                               float(max_range))
+        hit = np.where(hit >= 0, owner[np.maximum(hit, 0)], hit)
         h = hit[(hit >= 0) & (hit < A)]
         counts += np.bincount(h, minlength=A)[:A]
     return counts

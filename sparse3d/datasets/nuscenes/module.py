@@ -47,9 +47,10 @@ _SYNTH_KEYS = ("seed", "n_scenes", "n_keyframes", "n_sweeps", "image_size", "azi
 # ---------------------------------------------------------------------------------------------- synthetic set
 def ensure_nuscenes_synth(root, version: str = "v1.0-mini", verbose: bool = False, **params) -> Path:
     """Return ``root``, writing the synthetic nuScenes there first (``write_nuscenes_synth(**params)``) when it is
-    missing or was written with other parameters. Written to a temporary sibling folder and renamed into place, so
-    concurrent callers never see a partial set; a non-empty ``root`` that is not a generated set raises."""
-    from .writer import write_nuscenes_synth
+    missing or was written with other parameters or by another ``WRITER_VERSION``. Written to a temporary sibling
+    folder and renamed into place, so concurrent callers never see a partial set; a non-empty ``root`` that is not
+    a generated set raises."""
+    from .writer import WRITER_VERSION, write_nuscenes_synth
 
     unknown = set(params) - set(_SYNTH_KEYS)
     if unknown:
@@ -58,6 +59,8 @@ def ensure_nuscenes_synth(root, version: str = "v1.0-mini", verbose: bool = Fals
     meta_path = root / "synth_meta.json"
 
     def matches(meta: dict) -> bool:
+        if meta.get("writer_version") != WRITER_VERSION:  # written by an older generator: rewrite
+            return False
         want = dict(params, version=version)
         for k, v in want.items():
             if k == "n_val":

@@ -1,5 +1,6 @@
 """Camera images of the synthetic scene: per-pixel ground texture (the town's ground raster) and sky, then every
-box (agents in flat class colours, buildings, trees) drawn as its visible faces, far to near (painter's order)."""
+box (agents' solid parts in flat class colours, buildings, trees) drawn as its visible faces, far to near
+(painter's order)."""
 from __future__ import annotations
 
 import numpy as np
@@ -87,10 +88,11 @@ def render_camera(scene, channel: str, t: float, max_dist: float = 120.0) -> np.
     draw = ImageDraw.Draw(img)
     o = cam_pose[:3, 3]
     sidx = scene.town.statics_near(o[:2], max_dist)
-    boxes = np.concatenate([scene.agent_shapes(t), scene.town.static_boxes[sidx]], 0)
-    A = len(scene.yaw)
-    colors = np.concatenate([np.array([CLASS_COLORS[c] for c in scene.det_class], np.float64).reshape(-1, 3),
-                             scene.town.static_colors[sidx].astype(np.float64)], 0)
+    parts, owner = scene.agent_parts(t)
+    boxes = np.concatenate([parts, scene.town.static_boxes[sidx]], 0)
+    A = len(parts)  # agent parts come first
+    agent_colors = np.array([CLASS_COLORS[c] for c in scene.det_class], np.float64).reshape(-1, 3)
+    colors = np.concatenate([agent_colors[owner].reshape(-1, 3), scene.town.static_colors[sidx].astype(np.float64)], 0)
     # camera position in each box frame; the nearest box point gives the painter's order
     c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
     rel = o[None] - boxes[:, :3]

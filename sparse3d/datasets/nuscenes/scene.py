@@ -12,7 +12,7 @@ import numpy as np
 from .common import CAMERAS, rng_for, rot_x, rot_y, rot_z
 from .town import CROSSING, WALKWAY, Town
 
-__all__ = ["Scene", "Rig", "make_rig", "make_scene", "KEYFRAME_DT", "SWEEP_DT", "CAMERA_DELAY"]
+__all__ = ["Scene", "Rig", "make_rig", "make_scene", "KEYFRAME_DT", "SWEEP_DT", "CAMERA_DELAY", "PART_PROFILES"]
 
 KEYFRAME_DT = 0.5   # s between keyframes (2 Hz, as nuScenes)
 SWEEP_DT = 0.05     # s between LiDAR sweeps (20 Hz)
@@ -43,6 +43,11 @@ _SHAPES = {
     "traffic_cone": [("movable_object.trafficcone", 1.0, (0.4, 0.4, 1.0))],
     "barrier": [("movable_object.barrier", 1.0, (2.5, 0.5, 1.0))],
 }
+# class -> (front fraction of the length, front height as a fraction of the full height): vehicles are a taller
+# body plus a lower front part (a car's bonnet, a truck's cab, a trailer's drawbar, a bike's front wheel), so the
+# LiDAR and the cameras can tell front from back; annotation boxes keep the full extent
+PART_PROFILES = {"car": (0.26, 0.55), "truck": (0.28, 0.72), "bus": (0.10, 0.82), "trailer": (0.12, 0.35),
+                 "construction_vehicle": (0.35, 0.62), "motorcycle": (0.32, 0.6), "bicycle": (0.32, 0.62)}
 EGO_WL = (1.9, 4.6)
 EGO_CENTER = 1.3  # the ego body centre lies this far ahead of the ego frame origin (rear axle)
 
@@ -151,6 +156,32 @@ class Scene:
         b[:, 5] = np.maximum(b[:, 5] - margin, 0.05)
         b[:, 2] = b[:, 5] / 2
         return b
+
+    def agent_parts(self, t: float, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        """Solid parts the sensors see: ``[P, 7]`` float64 boxes (cx, cy, cz, l, w, h, yaw) and ``[P]`` int64 owner
+        agent, grouped by agent in order. Agents of :data:`PART_PROFILES` classes are a body box plus a lower front
+        box (together exactly :meth:`agent_shapes`' extent); the others are their :meth:`agent_shapes` box."""
+        b = self.agent_shapes(t, margin)
+        boxes, owner = [], []
+        for a in range(len(b)):
+            prof = PART_PROFILES.get(self.det_class[a])
+            if prof is None:
+                boxes.append(b[a])
+                owner.append(a)
+                continue
+            f, fh = prof
+            l, h = b[a, 3], b[a, 5]
+            u = np.array([np.cos(b[a, 6]), np.sin(b[a, 6])])
+            body, front = b[a].copy(), b[a].copy()
+            body[3] = l * (1.0 - f)
+            body[:2] = b[a, :2] - u * (l * f / 2)
+            front[3] = l * f
+            front[:2] = b[a, :2] + u * (l * (1.0 - f) / 2)
+            front[5] = h * fh
+            front[2] = front[5] / 2
+            boxes += [body, front]
+            owner += [a, a]
+        return np.array(boxes, np.float64).reshape(-1, 7), np.array(owner, np.int64)
 
     def velocities(self) -> np.ndarray:
         return np.stack([np.cos(self.yaw), np.sin(self.yaw)], 1) * self.speed[:, None]
@@ -337,7 +368,7 @@ _FILL_WEIGHTS = {"car": 0.44, "truck": 0.07, "bus": 0.04, "trailer": 0.03, "cons
                  "pedestrian": 0.25, "motorcycle": 0.04, "bicycle": 0.04, "traffic_cone": 0.03, "barrier": 0.03}
 
 
-def make_scene(town: Town, rig: Rig, seed: int, index: int, n_keyframes: int = 10, n_sweeps: int = 2,
+def make_scene(town: Town, rig: Rig, seed: int, index: int, n_keyframes: int = 10, n_sweeps: int = 9,
                n_objects: int = 40, min_per_class: int = 1) -> Scene:
     """Ego in a lane of a random road near the middle of the town, then agents placed around its path:
     ``min_per_class`` of each detection class within 30 m, then random ones up to ``n_objects`` within 55 m."""

@@ -22,11 +22,15 @@ from .render import render_camera
 from .scene import CAMERA_DELAY, KEYFRAME_DT, SWEEP_DT, make_rig, make_scene
 from .town import Town
 
-__all__ = ["write_nuscenes_synth", "scene_names", "build_scene", "CUSTOM_SPLITS", "BASE_TIMESTAMP"]
+__all__ = ["write_nuscenes_synth", "scene_names", "build_scene", "CUSTOM_SPLITS", "BASE_TIMESTAMP",
+           "WRITER_VERSION"]
 
 BASE_TIMESTAMP = 1533151600000000  # microseconds of the first keyframe of scene 0
 CUSTOM_SPLITS = ("synth_train", "synth_val")  # keys of <version>/splits.json
 _VIS_THRESHOLDS = (0.4, 0.6, 0.8)
+# bumped whenever the same arguments give different data (ensure_nuscenes_synth then rewrites a cached set);
+# 2: vehicles are a body plus a lower front part (heading visible), 9 sweeps by default
+WRITER_VERSION = 2
 
 
 def scene_names(version: str, n_scenes: int, n_val: int | None = None) -> tuple[list[str], list[str]]:
@@ -49,7 +53,7 @@ def scene_names(version: str, n_scenes: int, n_val: int | None = None) -> tuple[
     return list(train[:n_train]), list(val[:n_val])
 
 
-def build_scene(seed: int, index: int, n_keyframes: int = 10, n_sweeps: int = 2, image_size=(400, 225),
+def build_scene(seed: int, index: int, n_keyframes: int = 10, n_sweeps: int = 9, image_size=(400, 225),
                 n_objects: int = 40, town: Town | None = None):
     """The procedural scene the writer uses for scene ``index`` (location ``LOCATIONS[index % 4]``)."""
     town = town if town is not None else Town(LOCATIONS[index % len(LOCATIONS)], seed)
@@ -83,7 +87,7 @@ def _visibility(hits: np.ndarray, potential: np.ndarray) -> list[str]:
     return [str(1 + int(np.searchsorted(_VIS_THRESHOLDS, f, side="right"))) for f in frac]
 
 
-def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 10, n_keyframes: int = 10, n_sweeps: int = 2,
+def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 10, n_keyframes: int = 10, n_sweeps: int = 9,
                          image_size=(400, 225), azimuth_steps: int = 1080, n_objects: int = 40,
                          version: str = "v1.0-mini", n_val: int | None = None, jpeg_quality: int = 90,
                          verbose: bool = False) -> dict:
@@ -237,7 +241,8 @@ def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 10, n_keyframes: in
         (out / version / f"{name}.json").write_text(json.dumps(table, indent=0))
     (out / version / "splits.json").write_text(json.dumps({CUSTOM_SPLITS[0]: train_names,
                                                            CUSTOM_SPLITS[1]: val_names}, indent=0))
-    meta = {"generator": "sparse3d.datasets.nuscenes", "seed": seed, "version": version, "n_scenes": n_scenes,
+    meta = {"generator": "sparse3d.datasets.nuscenes", "writer_version": WRITER_VERSION, "seed": seed,
+            "version": version, "n_scenes": n_scenes,
             "n_keyframes": n_keyframes, "n_sweeps": n_sweeps, "image_size": [W, H], "azimuth_steps": azimuth_steps,
             "n_objects": n_objects, "train_scenes": train_names, "val_scenes": val_names,
             "samples": len(T["sample"]), "sample_data": len(T["sample_data"]),
