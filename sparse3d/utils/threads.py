@@ -33,12 +33,13 @@ def numba_thread_target() -> int:
     return int(outer) if outer else torch.get_num_threads()
 
 
-def sync_numba_threads() -> None:
-    """Set numba's thread count to :func:`numba_thread_target` (capped by ``NUMBA_NUM_THREADS``)."""
+def sync_numba_threads() -> int:
+    """Set numba's thread count to :func:`numba_thread_target` (capped by ``NUMBA_NUM_THREADS``); returns it."""
     import numba
     nt = max(1, min(numba_thread_target(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != nt:
         numba.set_num_threads(nt)
+    return nt
 
 
 @contextmanager

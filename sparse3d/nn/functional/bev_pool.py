@@ -23,20 +23,13 @@ from torch.autograd.function import once_differentiable
 from sparse3d.ops.bev_pool import reference as bref
 
 from ..._backend import HAS_NUMBA
+from ...utils.threads import sync_numba_threads
 
 __all__ = ["bev_pool", "bev_pool_with_plan", "bev_pool_depth", "BEVPoolPlan", "BEVPoolCache", "BEVPoolFunction",
            "DepthPoolFunction", "BEV_POOL_IMPLS"]
 
 BEV_POOL_IMPLS = ("numba", "torch")
 _FLOATS = (torch.float32, torch.float64)
-
-
-def _numba_threads() -> int:
-    import numba
-    nt = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != nt:
-        numba.set_num_threads(nt)
-    return nt
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -105,7 +98,7 @@ class BEVPoolPlan:
             raise ValueError(f"impl='numba' needs numba and CPU tensors, got geom on {geom.device}")
         if impl == "numba":
             from sparse3d.ops.bev_pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             ranks = numba_cpu.compute_ranks(_np(geom), _np(batch_idx), B, X, Y, Z,
                                             None if valid is None else _np(valid))
             order, starts, cells = numba_cpu.build_intervals(ranks, B * Z * X * Y)
@@ -140,7 +133,7 @@ class BEVPoolPlan:
         """Interval boundaries of the load-balanced parallel chunks (numba; cached)."""
         if self._chunks is None:
             from sparse3d.ops.bev_pool import numba_cpu
-            n = max(1, min(256, 16 * _numba_threads(), self.n_intervals))
+            n = max(1, min(256, 16 * sync_numba_threads(), self.n_intervals))
             self._chunks = numba_cpu.balance_chunks(self.starts.numpy(), n)
         return self._chunks
 
@@ -149,7 +142,7 @@ class BEVPoolPlan:
         key = (int(D), int(HW))
         if key not in self._pix:
             from sparse3d.ops.bev_pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             self._pix[key] = numba_cpu.pixel_of(self.order.numpy(), D, HW)
         return self._pix[key]
 
@@ -221,7 +214,7 @@ class BEVPoolFunction(torch.autograd.Function):
         p = plan
         if impl == "numba":
             from sparse3d.ops.bev_pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             out = torch.from_numpy(numba_cpu.interval_pool(_np(feats), p.order.numpy(), p.starts.numpy(),
                                                            p.cells.numpy(), p.chunks(), p.B, p.ncell))
         else:
@@ -235,7 +228,7 @@ class BEVPoolFunction(torch.autograd.Function):
         g = grad.reshape(p.B, grad.shape[1], p.ncell)
         if ctx.impl == "numba":
             from sparse3d.ops.bev_pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             gin = torch.from_numpy(numba_cpu.interval_pool_backward(_np(g), p.ranks.numpy()))
         else:
             gin = bref.interval_pool_backward(g, p.ranks)
@@ -251,7 +244,7 @@ class DepthPoolFunction(torch.autograd.Function):
         p = plan
         if impl == "numba":
             from sparse3d.ops.bev_pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             d, c = _np(depth), _np(context)
             pix = p.pixel_index(d.shape[1], d.shape[2])
             out = torch.from_numpy(numba_cpu.depth_pool(d, c, p.order.numpy(), pix, p.starts.numpy(),
@@ -270,7 +263,7 @@ class DepthPoolFunction(torch.autograd.Function):
         if ctx.impl == "numba":
             from sparse3d.ops.bev_pool import numba_cpu
             depth, context = ctx.saved_tensors
-            _numba_threads()
+            sync_numba_threads()
             gd, gc = numba_cpu.depth_pool_backward(_np(g), p.ranks.numpy(), _np(depth), _np(context), nd, nc)
             return (None if gd is None else torch.from_numpy(gd)), (None if gc is None else torch.from_numpy(gc)), \
                 None, None

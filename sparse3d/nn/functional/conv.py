@@ -28,7 +28,7 @@ Cin, Cout, dtype) and keeps the faster; deterministic mode disables autotuning.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -37,6 +37,7 @@ from sparse3d.ops.conv import reference as cref
 from ..._backend import HAS_NUMBA, is_deterministic
 from ...tensor import SparseTensor
 from ...utils.args import IntOr3, triple
+from ...utils.threads import sync_numba_threads
 from .kmap import KernelMap, get_kernel_map, get_transposed_kernel_map
 
 __all__ = ["conv3d", "sparse_conv", "Conv3dFunction", "choose_dataflow", "set_autotune", "DATAFLOWS",
@@ -210,7 +211,7 @@ def _grouped_mm(G: torch.Tensor, w: torch.Tensor, groups, ns, row0, Y: torch.Ten
 def _numba_ggs_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tensor:
     from sparse3d.ops.conv.numba_cpu import gather_rows, scatter_rows
     groups, ns, row0, gin, gout, pos, posT = _numba_plan(km)
-    _sync_threads()
+    sync_numba_threads()
     R = gin.shape[0]
     G = _workspace("gather", R, x.shape[1], x.dtype)
     gather_rows(_bits(x), gin, _bits(G))
@@ -231,7 +232,7 @@ def _numba_ggs_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch
 def _numba_weight_grad(x: torch.Tensor, g: torch.Tensor, km: KernelMap) -> torch.Tensor:
     from sparse3d.ops.conv.numba_cpu import gather_rows
     groups, ns, row0, gin, gout, pos, posT = _numba_plan(km)
-    _sync_threads()
+    sync_numba_threads()
     dw = x.new_zeros((km.kernel_volume, x.shape[1], g.shape[1]))
     if km.center >= 0 and km.sizes[km.center] == km.n_out == km.n_in:
         dw[km.center] = x.t() @ g
@@ -253,7 +254,7 @@ def _numba_ggs_backward(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, km: K
     """
     from sparse3d.ops.conv.numba_cpu import gather_rows, scatter_rows
     groups, ns, row0, gin, gout, pos, posT = _numba_plan(km)
-    _sync_threads()
+    sync_numba_threads()
     R = gin.shape[0]
     cin, cout = x.shape[1], g.shape[1]
     wt = w.transpose(1, 2).contiguous()
@@ -283,14 +284,9 @@ def _numba_ggs_backward(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor, km: K
     return gx, dw
 
 
-def _sync_threads() -> None:
-    from ...utils.threads import sync_numba_threads
-    sync_numba_threads()
-
-
 def _fused_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tensor:
     from sparse3d.ops.conv.numba_cpu import fused_conv
-    _sync_threads()
+    sync_numba_threads()
     out = fused_conv(x.detach().contiguous().numpy(), w.detach().contiguous().numpy(), km.nbmap.numpy())
     return torch.from_numpy(out)
 

@@ -26,6 +26,7 @@ from sparse3d.ops.pool import reference as pref
 from ..._backend import HAS_NUMBA
 from ...tensor import SparseTensor
 from ...utils.args import IntOr3, triple
+from ...utils.threads import sync_numba_threads
 from .kmap import KernelMap, get_kernel_map
 
 __all__ = ["max_pool3d", "avg_pool3d", "sparse_max_pool", "sparse_avg_pool", "global_max_pool",
@@ -36,11 +37,6 @@ POOL_IMPLS = ("numba", "torch")
 
 def _numba_ok(x: torch.Tensor) -> bool:
     return HAS_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-
-
-def _numba_threads() -> None:
-    from ...utils.threads import sync_numba_threads
-    sync_numba_threads()
 
 
 def _np(t: torch.Tensor):
@@ -57,7 +53,7 @@ def _counts(km: KernelMap) -> torch.Tensor:
 def _sum(x: torch.Tensor, km: KernelMap, impl: str) -> torch.Tensor:
     if impl == "numba":
         from sparse3d.ops.pool import numba_cpu
-        _numba_threads()
+        sync_numba_threads()
         return torch.from_numpy(numba_cpu.sum_pool(_np(x), km.nbmap.numpy()))
     return pref.sum_pool(x, km.in_idx, km.out_idx, km.n_out)
 
@@ -69,7 +65,7 @@ class MaxPoolFunction(torch.autograd.Function):
     def forward(ctx, feats: torch.Tensor, km: KernelMap, impl: str) -> torch.Tensor:
         if impl == "numba":
             from sparse3d.ops.pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             out, arg = numba_cpu.max_pool(_np(feats), km.nbmap.numpy())
             out, arg = torch.from_numpy(out), torch.from_numpy(arg)
         else:
@@ -84,7 +80,7 @@ class MaxPoolFunction(torch.autograd.Function):
         (arg,) = ctx.saved_tensors
         if ctx.impl == "numba":
             from sparse3d.ops.pool import numba_cpu
-            _numba_threads()
+            sync_numba_threads()
             gin = torch.from_numpy(numba_cpu.max_pool_backward(_np(grad_out), arg.numpy(), ctx.n_in))
         else:
             gin = pref.max_pool_backward(grad_out.contiguous(), arg, ctx.n_in)
