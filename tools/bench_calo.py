@@ -23,13 +23,14 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import sparse3d  # noqa: E402,F401  (before torch: passive OpenMP waiting)
 import torch  # noqa: E402
+
+from sparse3d.evaluation.calo import event_batches, time_pass  # noqa: E402
 
 
 def _model(name: str, ckpt):
@@ -46,13 +47,6 @@ def _model(name: str, ckpt):
     return model.eval(), cfg
 
 
-def _time_pass(model, batches, n_events):
-    t, c = time.perf_counter(), time.process_time()
-    for b in batches:
-        model(b)
-    return 1e3 * (time.perf_counter() - t) / n_events, 1e3 * (time.process_time() - c) / n_events
-
-
 @torch.no_grad()
 def bench(spv, gn, events, collate, batch_sizes, threads, repeats):
     """``{threads: {bs: {...}}}`` with per-event ms (median) and the median per-repeat speedup."""
@@ -64,15 +58,14 @@ def bench(spv, gn, events, collate, batch_sizes, threads, repeats):
         numba.set_num_threads(min(th, numba.config.NUMBA_NUM_THREADS))
         out[th] = {}
         for bs in batch_sizes:
-            batches = [collate.events(events[i:i + bs], [f"b/{j}" for j in range(i, min(i + bs, len(events)))])
-                       for i in range(0, len(events), bs)]
+            batches = event_batches(events, collate, bs)
             for m in (spv, gn):
                 for b in batches[:2]:
                     m(b)
             rows = []
             for _ in range(repeats):
-                s = _time_pass(spv, batches, len(events))
-                g = _time_pass(gn, batches, len(events))
+                s = time_pass(spv, batches, len(events))
+                g = time_pass(gn, batches, len(events))
                 rows.append((s, g))
             med = statistics.median
             out[th][bs] = {"spvcnn_ms": med(r[0][0] for r in rows), "gravnet_ms": med(r[1][0] for r in rows),

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,8 +47,8 @@ from ..engine.tasks.calo import panoptic_summary, _pq_vector
 from ..metrics.calo_response import ResponseMetric
 from ..metrics.panoptic import PanopticQuality
 
-__all__ = ["evaluate", "evaluate_events", "network_throughput", "method_name", "result_row", "table_markdown",
-           "write_table", "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
+__all__ = ["evaluate", "evaluate_events", "network_throughput", "event_batches", "time_pass", "method_name",
+           "result_row", "table_markdown", "write_table", "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
 
 EVAL_DEFAULTS = {"warmup": 3, "max_events": None, "pileup": True, "plots": True, "display_event": 0,
                  "results_dir": None, "gravnet_result": None, "batch_sizes": [8, 32], "repeats": 3}
@@ -152,20 +152,43 @@ def evaluate_events(model, events, collate, device: Union[str, torch.device] = "
             "total_ms": _stats(tot), "response": response, "labels": kept}
 
 
+def event_batches(events, collate, batch_size: int, device: Union[str, torch.device] = "cpu") -> List[dict]:
+    """``events`` cut into consecutive batches of ``batch_size`` (the last may be smaller), collated, on ``device``."""
+    device = torch.device(device)
+    events = list(events)
+    out = []
+    for i in range(0, len(events), batch_size):
+        b = collate.events(events[i:i + batch_size], [f"b/{j}" for j in range(i, min(i + batch_size, len(events)))])
+        out.append({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+    return out
+
+
+def time_pass(model, batches, n_events: int, device: Union[str, torch.device] = "cpu") -> Tuple[float, float]:
+    """One pass of ``model(b)`` over ``batches``: ``(wall ms, process CPU ms)`` per event."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t, c = time.perf_counter(), time.process_time()
+    for b in batches:
+        model(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e3 * (time.perf_counter() - t) / n_events, 1e3 * (time.process_time() - c) / n_events
+
+
 @torch.no_grad()
 def network_throughput(model, events, collate, batch_sizes: Sequence[int], device: Union[str, torch.device] = "cpu",
                        repeats: int = 3) -> Dict[int, Dict[str, float]]:
     """Network time per event when ``events`` go through ``model(batch)`` in batches.
 
-    For each batch size ``bs``, the events are cut into consecutive batches of ``bs`` (the last may be
-    smaller); one untimed pass over the first two batches warms up, then ``repeats`` timed passes over all
-    of them. Batches are collated before timing (data preparation is not network time).
+    For each batch size ``bs``, the events are cut into consecutive batches of ``bs`` (:func:`event_batches`);
+    one untimed pass over the first two batches warms up, then ``repeats`` timed passes over all of them.
+    Batches are collated before timing (data preparation is not network time).
 
     Returns:
         ``{bs: {"wall_ms", "cpu_ms", "wall_ms_min"}}``: per-event wall-clock and process CPU time (median
         over the passes; ``wall_ms_min`` the fastest pass), all in milliseconds.
     """
-    device = torch.device(device)
     events = list(events)
     out: Dict[int, Dict[str, float]] = {}
     if not events:
@@ -174,23 +197,10 @@ def network_throughput(model, events, collate, batch_sizes: Sequence[int], devic
         bs = int(bs)
         if bs < 1:
             raise ValueError(f"calo_eval.batch_sizes must be positive ints, got {bs}")
-        batches = []
-        for i in range(0, len(events), bs):
-            b = collate.events(events[i:i + bs], [f"tp/{j}" for j in range(i, min(i + bs, len(events)))])
-            batches.append({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+        batches = event_batches(events, collate, bs, device)
         for b in batches[:2]:
             model(b)
-        wall, cpu = [], []
-        for _ in range(max(1, int(repeats))):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t, c = time.perf_counter(), time.process_time()
-            for b in batches:
-                model(b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall.append(1e3 * (time.perf_counter() - t) / len(events))
-            cpu.append(1e3 * (time.process_time() - c) / len(events))
+        wall, cpu = zip(*(time_pass(model, batches, len(events), device) for _ in range(max(1, int(repeats)))))
         out[bs] = {"wall_ms": float(np.median(wall)), "cpu_ms": float(np.median(cpu)), "wall_ms_min": float(min(wall))}
     return out
 
@@ -278,7 +288,7 @@ def table_markdown(rows: List[dict], title: str = "") -> str:
             tp = r.get("throughput") or {}
             cells = []
             for b in sizes:
-                v = tp.get(b) or tp.get(str(b))
+                v = tp.get(b)
                 cells += (["n/a", "n/a"] if not v else
                           [f"{ms(v.get('wall_ms'))} / {ms(v.get('cpu_ms'))}", x(v.get("speedup"))])
             lines.append(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
