@@ -7,6 +7,7 @@ is the dilation and ``t`` the input tensor stride.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple, Sequence, Tuple
 
 import torch
@@ -20,17 +21,11 @@ def kernel_offsets(kernel_size: Sequence[int], dilation: Sequence[int],
                    tensor_stride: Sequence[int], device=None) -> torch.Tensor:
     """Return ``[K, 3]`` int32 xyz offsets in input-voxel units (order documented above)."""
     key = (tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation), tuple(int(v) for v in tensor_stride))
-    cached = _OFFSETS.get(key)
-    if cached is None:
-        cached = _OFFSETS[key] = _kernel_offsets(*key)
-        if len(_OFFSETS) > 256:
-            _OFFSETS.pop(next(iter(_OFFSETS)))
+    cached = _kernel_offsets(*key)
     return cached.clone() if device is None else cached.to(device, copy=True)
 
 
-_OFFSETS: dict = {}
-
-
+@lru_cache(maxsize=256)
 def _kernel_offsets(kernel_size, dilation, tensor_stride) -> torch.Tensor:
     axes = []
     for K, d, t in zip(kernel_size, dilation, tensor_stride):

@@ -10,6 +10,8 @@ three bounds checks, a few multiply-adds and a pointer advance.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
@@ -196,24 +198,20 @@ def _columns(qoff: np.ndarray, probe: np.ndarray):
     return col_k[:ncol], col_n[:ncol]
 
 
-_PLANS: dict = {}
-
-
 def _column_plan(qoff: np.ndarray, K: int, symmetric: bool):
     """:func:`_columns` plus per-column "dz consecutive" flags, cached per offset pattern (same every layer)."""
-    key = (qoff.tobytes(), K, symmetric)
-    plan = _PLANS.get(key)
-    if plan is None:
-        col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
-        if col_n.size and col_n.max() > _PAD:
-            raise ValueError(f"kernel has {int(col_n.max())} offsets along z; at most {_PAD} supported")
-        zs = [qoff[col_k[c, : col_n[c]], 3] for c in range(len(col_n))]
-        consec = np.array([bool(np.all(np.diff(z) == 1)) for z in zs], dtype=np.bool_)
-        plan = (col_k, col_n, consec)
-        if len(_PLANS) > 256:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = plan
-    return plan
+    return _column_plan_cached(qoff.astype(np.int64).tobytes(), qoff.shape, K, symmetric)
+
+
+@lru_cache(maxsize=256)
+def _column_plan_cached(qbytes: bytes, shape, K: int, symmetric: bool):
+    qoff = np.frombuffer(qbytes, np.int64).reshape(shape)
+    col_k, col_n = _columns(qoff, np.arange(K // 2 if symmetric else K))
+    if col_n.size and col_n.max() > _PAD:
+        raise ValueError(f"kernel has {int(col_n.max())} offsets along z; at most {_PAD} supported")
+    zs = [qoff[col_k[c, : col_n[c]], 3] for c in range(len(col_n))]
+    consec = np.array([bool(np.all(np.diff(z) == 1)) for z in zs], dtype=np.bool_)
+    return col_k, col_n, consec
 
 
 def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray, symmetric: bool,
