@@ -14,7 +14,9 @@ batches collated beforehand); the network time does not depend on the weights, s
 optional.
 
 Usage: ``python tools/bench_calo.py [--events 64] [--batch-sizes 1 8 32] [--threads 1 2] [--repeats 5]
-[--spvcnn-ckpt best.pt] [--gravnet-ckpt best.pt] [--json out.json]``. Nothing is gated on the times.
+[--spvcnn-ckpt best.pt] [--gravnet-ckpt best.pt] [--json out.json] [--no-fuse-bn]``. Nothing is gated on
+the times. As in ``tools/eval.py``, eval-mode batch norms are folded into the layer before them
+(:func:`sparse3d.nn.utils.fuse_bn_eval`) unless ``--no-fuse-bn``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 from sparse3d.evaluation.calo import event_batches, time_pass  # noqa: E402
 
 
-def _model(name: str, ckpt):
+def _model(name: str, ckpt, fuse: bool = True):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -44,7 +46,11 @@ def _model(name: str, ckpt):
     model = instantiate(cfg.model)
     if ckpt:
         load_model_weights(model, str(ckpt), expected_target=cfg.model._target_)
-    return model.eval(), cfg
+    model = model.eval()
+    if fuse:
+        from sparse3d.nn.utils import fuse_bn_eval
+        model = fuse_bn_eval(model, inplace=True)
+    return model, cfg
 
 
 @torch.no_grad()
@@ -91,12 +97,13 @@ def main(argv=None):
     ap.add_argument("--gravnet-ckpt", default=None)
     ap.add_argument("--split", default="test", choices=["test", "test_pu", "val"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-fuse-bn", action="store_true", help="keep the batch norms (default: folded, as tools/eval.py)")
     a = ap.parse_args(argv)
     if a.events < 1 or a.repeats < 1 or min(a.batch_sizes) < 1 or min(a.threads) < 1:
         ap.error("--events, --repeats, --batch-sizes and --threads must be positive")
     os.environ.setdefault("SPARSE3D_ROOT", str(ROOT))
-    spv, cfg = _model("calo_spvcnn", a.spvcnn_ckpt)
-    gn, _ = _model("calo_gravnet", a.gravnet_ckpt)
+    spv, cfg = _model("calo_spvcnn", a.spvcnn_ckpt, not a.no_fuse_bn)
+    gn, _ = _model("calo_gravnet", a.gravnet_ckpt, not a.no_fuse_bn)
     from hydra.utils import instantiate
     dm = instantiate(cfg.dataset)
     dm.prepare_data()

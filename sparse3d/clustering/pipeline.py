@@ -115,7 +115,8 @@ def load_clusterer(checkpoint: Optional[PathLike] = None, algo: Optional[str] = 
     if cfg.get("dataset") is not None:
         dm = instantiate(cfg.dataset)   # construction touches no files
         collate = getattr(dm, "collate", collate)
-    return model.to(device).eval(), collate
+    from ..nn.utils import fuse_bn_eval
+    return fuse_bn_eval(model.to(device).eval(), inplace=True), collate   # BN folded: inference only
 
 
 @torch.no_grad()

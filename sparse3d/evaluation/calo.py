@@ -51,7 +51,8 @@ __all__ = ["evaluate", "evaluate_events", "network_throughput", "event_batches",
            "result_row", "table_markdown", "write_table", "combine_results", "write_comparison", "EVAL_DEFAULTS", "PARTICLE_GROUPS"]
 
 EVAL_DEFAULTS = {"warmup": 3, "max_events": None, "pileup": True, "plots": True, "display_event": 0,
-                 "results_dir": None, "gravnet_result": None, "batch_sizes": [8, 32], "repeats": 3}
+                 "results_dir": None, "gravnet_result": None, "batch_sizes": [8, 32], "repeats": 3,
+                 "fuse_bn": True}
 PARTICLE_GROUPS = {"photon": 22, "electron": 11, "pion": 211}
 _METHOD_NAMES = {"CaloSPVCNN": "Calo-SPVCNN", "GravNetOC": "GravNet+OC", "CLUEClusterer": "CLUE"}
 _GRAVNET_CLASS = "GravNetOC"
@@ -420,11 +421,15 @@ def evaluate(cfg) -> Dict[str, Any]:
     elif any(True for _ in model.parameters()):
         raise ValueError(f"checkpoint is required to evaluate {type(model).__name__} (checkpoint=<run>/checkpoints/best.pt)")
     model = model.to(device).eval()
+    if opts["fuse_bn"]:   # fold eval-mode batch norms into the convs / linears before them (same outputs)
+        from ..nn.utils import fuse_bn_eval
+        model = fuse_bn_eval(model, inplace=True)
     method = method_name(model)
     result: Dict[str, Any] = {"method": method, "model_class": type(model).__name__, "experiment": name,
                               "checkpoint": None if not ckpt else str(ckpt), "epoch": epoch,
                               "num_threads": int(threads) if threads else torch.get_num_threads(),
                               "device": str(device), "warmup": int(opts["warmup"]), "splits": {}, "plots": {},
+                              "fused_bn": bool(opts["fuse_bn"]),
                               "has_network": any(True for _ in model.parameters())}
     if hasattr(model, "params") and hasattr(model.params, "__dataclass_fields__"):
         from dataclasses import asdict
