@@ -94,9 +94,14 @@ def choose_dataflow(km: KernelMap, cin: int, cout: int, x: torch.Tensor) -> str:
                     best = (dt, df)
             _TUNED[key] = best[1]
         return _TUNED[key]
-    macs = km.num_pairs * cin * cout
-    workspace = km.num_pairs * (cin + cout) * x.element_size()
-    return "fused" if macs < FUSED_MAX_MACS or workspace > FUSED_WORKSPACE_BYTES else "gather_gemm_scatter"
+    key = ("dataflow", cin, cout, x.element_size())
+    df = km.extras.get(key)
+    if df is None:
+        macs = km.num_pairs * cin * cout
+        workspace = km.num_pairs * (cin + cout) * x.element_size()
+        df = "fused" if macs < FUSED_MAX_MACS or workspace > FUSED_WORKSPACE_BYTES else "gather_gemm_scatter"
+        km.extras[key] = df
+    return df
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -379,6 +384,8 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, km: KernelMap,
         dataflow = choose_dataflow(km, weight.shape[1], weight.shape[2], feats)
     elif dataflow == "fused" and not _numba_ok(feats):
         dataflow = "gather_gemm_scatter"
+    if not (torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad)):
+        return _forward(feats, weight, km, dataflow)   # inference: no autograd node (~20 us a layer)
     return Conv3dFunction.apply(feats, weight, km, dataflow)
 
 

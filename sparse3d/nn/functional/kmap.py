@@ -104,7 +104,9 @@ class KernelMap:
     @property
     def num_pairs(self) -> int:
         if "num_pairs" not in self.extras:
-            self.extras["num_pairs"] = sum(self.sizes)
+            # counted on nbmap when the pair lists are not built: the fused dataflow never needs them
+            self.extras["num_pairs"] = (sum(self._sizes) if self._sizes is not None
+                                        else int(torch.count_nonzero(self.nbmap >= 0)))
         return self.extras["num_pairs"]
 
     def pairs(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
