@@ -282,6 +282,8 @@ def test_fit_clue_and_evaluate_through_configs(dm, tmp_path, capsys):
     assert row["speedup_total"] == pytest.approx(60.0 / row["total_ms"])
     md = (ev / "calo_table.md").read_text()
     assert "| CLUE | test | 2 |" in md and "energy-weighted IoU" in md
+    thr = md.split("Network throughput")[-1] if "Network throughput" in md else ""
+    assert "| CLUE |" not in thr          # no network: no throughput row
     comp = (results / "comparison.md").read_text()
     assert "GravNet+OC" in comp and "CLUE" in comp and (results / "calo_clue.json").is_file()
 

@@ -286,6 +286,8 @@ def table_markdown(rows: List[dict], title: str = "") -> str:
                   "| method | split | " + " | ".join(f"batch {b}: ms/event | batch {b}: speedup" for b in sizes) + " |",
                   "|---|---|" + "---:|---:|" * len(sizes)]
         for r in rows:
+            if r.get("has_network") is False:   # CLUE: nothing to batch, no network time
+                continue
             tp = r.get("throughput") or {}
             cells = []
             for b in sizes:
