@@ -64,6 +64,9 @@ class SemanticKITTIDataModule:
         num_classes / ignore_index / class_names: label space (SemanticKITTI's by default).
         miou_convention: how mIoU is reported for this data: ``"semantickitti"`` (absent classes
             count 0) or ``"nuscenes"`` (classes absent from targets and predictions skipped).
+        instance_paste: ``{"classes": [train ids], "num": 6, "min_points": 20}`` pastes ``num`` objects of
+            those classes, cut from the training scans and rotated about the sensor, into every training
+            scan (:mod:`sparse3d.datasets.instance_paste`, PolarMix-style); None: off.
     """
 
     def __init__(self, root: Union[str, os.PathLike], synthetic: Optional[Dict[str, Any]] = None,
@@ -72,7 +75,8 @@ class SemanticKITTIDataModule:
                  val_batch_size: int = 1, num_workers: int = 0, rotate: bool = True,
                  scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False, jitter: float = 0.0,
                  seed: int = 0, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
-                 class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti") -> None:
+                 class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti",
+                 instance_paste: Optional[Dict[str, Any]] = None) -> None:
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {voxel_size!r}")
         for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -95,6 +99,14 @@ class SemanticKITTIDataModule:
         if miou_convention not in ("semantickitti", "nuscenes"):
             raise ValueError(f"miou_convention must be 'semantickitti' or 'nuscenes', got {miou_convention!r}")
         self.miou_convention = miou_convention
+        self.instance_paste = dict(instance_paste) if instance_paste else None
+        if self.instance_paste is not None:
+            unknown = set(self.instance_paste) - {"classes", "num", "min_points"}
+            if unknown or "classes" not in self.instance_paste:
+                raise ValueError(f"instance_paste takes classes (required), num, min_points; got {sorted(self.instance_paste)}")
+            bad = [c for c in self.instance_paste["classes"] if not 0 <= int(c) < self.num_classes]
+            if bad:
+                raise ValueError(f"instance_paste.classes {bad} are not training class ids 0..{self.num_classes - 1}")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
 
@@ -120,8 +132,20 @@ class SemanticKITTIDataModule:
             return seqs
         return list(SPLITS[split])
 
+    def instance_bank(self):
+        """The training scans' objects of ``instance_paste.classes`` (built once, ~1 s for 48 scans)."""
+        if getattr(self, "_bank", None) is None:
+            from .instance_paste import InstanceBank
+            ds = SemanticKITTI(self.root, sequences=self._sequences("train"))
+            self._bank = InstanceBank.from_dataset(ds, [int(c) for c in self.instance_paste["classes"]],
+                                                   int(self.instance_paste.get("min_points", 20)))
+        return self._bank
+
     def train_transform(self) -> Compose:
         ts: list = []
+        if self.instance_paste is not None:   # before the scene augmentations, which then move the objects too
+            from .instance_paste import InstancePaste
+            ts.append(InstancePaste(self.instance_bank(), int(self.instance_paste.get("num", 6))))
         if self.rotate:
             ts.append(RandomRotateZ())
         if self.scale is not None:
