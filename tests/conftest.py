@@ -1,6 +1,7 @@
 """Shared fixtures: devices, repository paths, the real SemanticKITTI scan."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import sparse3d  # noqa: F401  (before torch: passive OpenMP waiting, as in the entry scripts)
@@ -62,6 +63,24 @@ def run_spconv(module, tensor):
             return module(tensor)
     finally:
         torch.set_num_threads(n)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, restored afterwards."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch intra-op thread (small tensors: no thread wake-ups)."""
+    with torch_threads(1):
+        yield
 
 
 def random_coords(n: int, extent: int = 8, batch: int = 2, seed: int = 0, low: int = 0) -> torch.Tensor:

@@ -15,12 +15,7 @@ from sparse3d.models.bevfusion.heads.iou3d import box_iou_3d
 PC_RANGE = (-50.0, -50.0, -5.0, 50.0, 50.0, 3.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def logits_for(labels, num_classes=4, conf=4.0):

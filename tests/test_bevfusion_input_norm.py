@@ -12,12 +12,7 @@ PCR = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 SMALL = dict(base_channels=4, output_channels=4, encoder_channels=((4,), (4, 4), (4, 4)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cloud(n, seed=0):

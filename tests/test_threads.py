@@ -5,14 +5,13 @@ import pytest
 import torch
 
 import sparse3d.utils.threads as T
+from conftest import torch_threads
 
 
 @pytest.fixture
 def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(2):
+        yield
 
 
 def test_small_input_runs_single_threaded_and_restores(two_threads):

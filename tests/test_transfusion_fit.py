@@ -12,14 +12,10 @@ import torch
 from sparse3d.models.bevfusion.heads.assigner import HungarianAssigner3D
 from sparse3d.models.bevfusion.heads.box_coder import TransFusionBBoxCoder
 from sparse3d.models.bevfusion.heads.transfusion import HEAD_KEYS, TransFusionHead
+from test_transfusion_head import FixedMap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def coder_rect():
@@ -90,13 +86,6 @@ def test_heatmap_peak_query_pos_and_centre_target_share_one_cell():
     assert not torch.equal(preds["query_pos"][0, :3], preds["query_pos"][1, :3])
 
 
-class FixedMap(torch.nn.Module):
-    def __init__(self, dense):
-        super().__init__()
-        self.dense = dense
-
-    def forward(self, feat):
-        return self.dense
 
 
 def test_assignment_pairs_each_gt_with_its_nearest_query():

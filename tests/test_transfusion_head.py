@@ -15,12 +15,7 @@ from sparse3d.models.bevfusion.heads.losses import (clip_sigmoid, gaussian_focal
 from sparse3d.models.bevfusion.heads.transfusion import TransFusionHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rect_coder():
