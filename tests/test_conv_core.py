@@ -233,3 +233,13 @@ def test_cpu_autocast_bf16_trains():
         y.feats.float().square().sum().backward()
     assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
     torch.testing.assert_close(y.feats.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_parallel_and_serial_kernel_builds_do_not_share_numba_cache():
+    """numba's on-disk cache is keyed by qualname + line, not by ``parallel``: the two builds of one kernel body
+    must have distinct cache files, or the parallel build silently loads the serial machine code."""
+    from sparse3d.ops.conv import numba_cpu as K
+    for par, ser in ((K._fused, K._fused_serial), (K._gather, K._gather_serial), (K._scatter, K._scatter_serial)):
+        assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
+        assert par._cache._cache_file._index_name != ser._cache._cache_file._index_name
+        assert par.py_func.__code__ is ser.py_func.__code__          # one body, two builds

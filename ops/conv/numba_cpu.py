@@ -8,6 +8,8 @@ a fixed order, so results are deterministic.
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -47,8 +49,24 @@ def _fused_py(x, w, nbmap, out, block):
                 out[j, o] = acc[j - j0, o]
 
 
-_fused = njit(cache=True, parallel=True, fastmath=True)(_fused_py)
-_fused_serial = njit(cache=True, fastmath=True)(_fused_py)
+def _variants(py_func):
+    """``(parallel, serial)`` njit builds of one kernel body.
+
+    Each build gets its own ``__qualname__``: numba's on-disk cache (``cache=True``) names its files by the
+    function's qualified name and first line, not by the ``parallel`` flag, so two builds of the same Python
+    function share cache entries and one silently runs the other's machine code (the parallel gather and
+    scatter ran serially: no speedup at 2 threads).
+    """
+    builds = []
+    for suffix, parallel in (("parallel", True), ("serial", False)):
+        f = types.FunctionType(py_func.__code__, py_func.__globals__, f"{py_func.__name__}_{suffix}",
+                               py_func.__defaults__, py_func.__closure__)
+        f.__qualname__ = f"{py_func.__qualname__}_{suffix}"
+        builds.append(njit(cache=True, parallel=parallel, fastmath=True)(f))
+    return tuple(builds)
+
+
+_fused, _fused_serial = _variants(_fused_py)
 # below this many multiply-adds the thread-pool wake-up costs more than it saves
 PARALLEL_MIN_MACS = 1 << 21
 
@@ -90,10 +108,8 @@ def _scatter_py(y, pos, out, accumulate):
                     out[j, o] += y[p, o]
 
 
-_gather = njit(cache=True, parallel=True, fastmath=True)(_gather_py)
-_scatter = njit(cache=True, parallel=True, fastmath=True)(_scatter_py)
-_gather_serial = njit(cache=True, fastmath=True)(_gather_py)
-_scatter_serial = njit(cache=True, fastmath=True)(_scatter_py)
+_gather, _gather_serial = _variants(_gather_py)
+_scatter, _scatter_serial = _variants(_scatter_py)
 
 
 def gather_rows(x: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
