@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .semantic_kitti import SemanticKITTI, raw_to_train, read_labels, read_points
+from .transforms import rotate_z
 
 __all__ = ["InstanceBank", "InstancePaste"]
 
@@ -95,10 +96,7 @@ class InstancePaste:
         for _ in range(self.num):
             ids = self.by_class[int(torch.randint(len(self.by_class), (), generator=g))]
             p, c = self.bank.objects[int(ids[int(torch.randint(len(ids), (), generator=g))])]
-            a = 2 * math.pi * float(torch.rand((), generator=g, dtype=torch.float64))
-            q = p.copy()
-            x, y = p[:, 0].astype(np.float64), p[:, 1].astype(np.float64)
-            q[:, 0], q[:, 1] = math.cos(a) * x - math.sin(a) * y, math.sin(a) * x + math.cos(a) * y
+            q = rotate_z(p, 2 * math.pi * float(torch.rand((), generator=g, dtype=torch.float64)))
             pts.append(q)
             labs.append(np.full(len(q), c, dtype=sample["labels"].dtype))
         return {**sample, "points": np.concatenate(pts), "labels": np.concatenate(labs)}

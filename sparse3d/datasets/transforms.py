@@ -16,7 +16,7 @@ import torch
 from ..tensor import SparseTensor
 from ..utils.quantize import sparse_quantize
 
-__all__ = ["Compose", "RandomRotateZ", "RandomScale", "RandomFlip", "RandomJitter", "Voxelize"]
+__all__ = ["rotate_z", "Compose", "RandomRotateZ", "RandomScale", "RandomFlip", "RandomJitter", "Voxelize"]
 
 
 def _uniform(low: float, high: float, g: Optional[torch.Generator]) -> float:
@@ -27,6 +27,15 @@ def _xyz(sample: dict) -> np.ndarray:
     pts = sample.get("points")
     if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] < 3:
         raise ValueError("sample['points'] must be a numpy array [N, >=3]")
+    return pts
+
+
+def rotate_z(points: np.ndarray, angle: float) -> np.ndarray:
+    """A copy of ``points [N, >=3]`` with x, y rotated about z by ``angle`` radians (computed in float64)."""
+    pts = points.copy()
+    c, s = math.cos(angle), math.sin(angle)
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    pts[:, 0], pts[:, 1] = c * x - s * y, s * x + c * y
     return pts
 
 
@@ -49,12 +58,7 @@ class RandomRotateZ:
         self.low, self.high, self.generator = low, high, generator
 
     def __call__(self, sample: dict) -> dict:
-        pts = _xyz(sample).copy()
-        a = _uniform(self.low, self.high, self.generator)
-        c, s = math.cos(a), math.sin(a)
-        x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
-        pts[:, 0], pts[:, 1] = c * x - s * y, s * x + c * y
-        return {**sample, "points": pts}
+        return {**sample, "points": rotate_z(_xyz(sample), _uniform(self.low, self.high, self.generator))}
 
 
 class RandomScale:

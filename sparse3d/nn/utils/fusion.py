@@ -50,11 +50,11 @@ def fuse_conv_bn_eval(conv: Conv3d, bn: nn.BatchNorm1d) -> Conv3d:
 
 
 def _fuse_pair(a: nn.Module, b: nn.Module):
-    if type(b) is nn.Identity or not isinstance(b, nn.BatchNorm1d) or not b.track_running_stats:
+    if not isinstance(b, nn.BatchNorm1d) or not b.track_running_stats:
         return None
     if isinstance(a, Conv3d):
         return fuse_conv_bn_eval(a, b)
-    if type(a) is nn.Linear and b.num_features == a.out_features and a.weight.shape[0] == b.num_features:
+    if type(a) is nn.Linear and b.num_features == a.out_features:
         return fuse_linear_bn_eval(a, b)
     return None
 
