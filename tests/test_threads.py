@@ -77,3 +77,77 @@ def test_models_give_the_same_output_with_and_without_the_policy(two_threads, mo
     assert seen == [2, 1]      # policy off: 2 torch threads inside the net; on: 1
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.get_num_threads() == 2
+
+
+def test_concurrent_map_order_errors_threads_and_grad_mode():
+    import numba
+
+    seen = []
+
+    def f(x):
+        seen.append((torch.get_num_threads(), numba.get_num_threads(), torch.is_grad_enabled()))
+        return x * x
+
+    with torch_threads(2):
+        assert T.concurrent_map(f, range(7), 2) == [x * x for x in range(7)]
+        assert torch.get_num_threads() == 2                       # restored
+        with torch.no_grad():
+            T.concurrent_map(f, range(3), 2)
+    assert {s[:2] for s in seen} == {(1, 1)}                      # single-thread workers
+    assert [s[2] for s in seen] == [True] * 7 + [False] * 3       # the caller's grad mode
+    assert T.concurrent_map(f, [], 2) == [] and T.concurrent_map(f, [3], 4) == [9]
+
+    def bad(x):
+        if x == 2:
+            raise KeyError("item 2")
+        return x
+
+    with torch_threads(2):
+        with pytest.raises(KeyError, match="item 2"):
+            T.concurrent_map(bad, range(4), 2)
+        assert torch.get_num_threads() == 2
+
+
+def test_concurrent_map_runs_sparse_convs_side_by_side_exactly():
+    """Batches run concurrently give the outputs of the sequential loop (kernel maps built per thread)."""
+    from sparse3d import SparseTensor
+    import sparse3d.nn as spnn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(spnn.Conv3d(4, 8, 3), spnn.Conv3d(8, 8, 2, stride=2),
+                              spnn.Conv3d(8, 4, 2, stride=2, transposed=True)).eval()
+    xs = []
+    for i in range(6):
+        c = torch.unique(torch.randint(-20, 20, (3000, 3), dtype=torch.int32), dim=0)
+        c = torch.cat([torch.full((len(c), 1), i % 2, dtype=torch.int32), c], 1)
+        xs.append(SparseTensor(torch.randn(len(c), 4), c))
+    with torch.no_grad():
+        ref = [net(x).feats for x in xs]
+        got = T.concurrent_map(lambda x: net(x).feats, xs, 2)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_numba_pool_start_keeps_torch_thread_count():
+    """numba's OpenMP pool start used to reset torch to NUMBA_NUM_THREADS threads (shared libgomp); a fresh
+    process checks that torch.set_num_threads(1) survives importing the kernels, numba.set_num_threads and a conv."""
+    import subprocess
+    import sys
+    code = """
+import sparse3d, torch, numba
+torch.set_num_threads(1)
+assert torch.get_num_threads() == 1   # torch's per-thread OpenMP state is initialized from here on
+import sparse3d.nn as spnn
+import sparse3d.ops.conv.numba_cpu   # the kernels (numba's pool starts here)
+numba.set_num_threads(1)
+assert torch.get_num_threads() == 1, torch.get_num_threads()
+from sparse3d import SparseTensor
+c = torch.unique(torch.randint(0, 30, (4000, 3), dtype=torch.int32), dim=0)
+x = SparseTensor(torch.randn(len(c), 4), torch.cat([torch.zeros(len(c), 1, dtype=torch.int32), c], 1))
+spnn.Conv3d(4, 4, 3)(x)
+assert torch.get_num_threads() == 1, torch.get_num_threads()
+print("ok")
+"""
+    env = dict(__import__("os").environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

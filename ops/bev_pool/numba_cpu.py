@@ -22,13 +22,13 @@ outer product: it reads ``depth[p] * context[pix(p)]`` on the fly.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["compute_ranks", "build_intervals", "balance_chunks", "interval_pool", "interval_pool_backward",
            "pixel_of", "depth_pool", "depth_pool_backward"]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _ranks(geom, bidx, valid, use_valid, B, X, Y, Z, out):
     M = geom.shape[0]
     nbad = 0
@@ -48,7 +48,7 @@ def _ranks(geom, bidx, valid, use_valid, B, X, Y, Z, out):
     return nbad
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _count_sort(ranks, ncells):
     M = ranks.shape[0]
     counts = np.zeros(ncells + 1, np.int64)
@@ -81,7 +81,7 @@ def _count_sort(ranks, ncells):
     return order, starts, cells
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sorted_intervals(order, ranks):
     K = order.shape[0]
     nint = 0
@@ -101,7 +101,7 @@ def _sorted_intervals(order, ranks):
     return starts, cells
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _permute_intervals(order, starts, cells, perm, new_starts, new_order, new_cells):
     I = perm.shape[0]
     for k in range(I):
@@ -116,7 +116,7 @@ def _permute_intervals(order, starts, cells, perm, new_starts, new_order, new_ce
             new_order[d0 + j] = order[s0 + j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _fwd(feats, order, starts, cells, chunks, ncell, out):
     C = feats.shape[1]
     for t in prange(chunks.shape[0] - 1):
@@ -134,7 +134,7 @@ def _fwd(feats, order, starts, cells, chunks, ncell, out):
                 out[b, c, r] = acc[c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _bwd(gflat, ranks, nblock, out):
     M = ranks.shape[0]
     C = gflat.shape[1]
@@ -150,7 +150,7 @@ def _bwd(gflat, ranks, nblock, out):
                     out[p, c] = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _pixel_of(order, D, HW, out):
     DHW = D * HW
     for j in prange(order.shape[0]):
@@ -158,7 +158,7 @@ def _pixel_of(order, D, HW, out):
         out[j] = (p // DHW) * HW + p % HW
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _depth_fwd(depth, ctx, order, pix, starts, cells, chunks, ncell, out):
     C = ctx.shape[1]
     for t in prange(chunks.shape[0] - 1):
@@ -177,7 +177,7 @@ def _depth_fwd(depth, ctx, order, pix, starts, cells, chunks, ncell, out):
                 out[b, c, r] = acc[c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _depth_bwd(gflat, ranks, depth, ctx, D, HW, blk, need_depth, need_ctx, gdepth, gctx):
     NQ, C = ctx.shape
     BN = NQ // HW

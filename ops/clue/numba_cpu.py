@@ -29,7 +29,7 @@ __all__ = ["clue_numba", "build_tiles"]
 KERNELS = {"flat": 0, "gaussian": 1}
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _find(ukeys, k):
     pos = np.searchsorted(ukeys, k)
     if pos < ukeys.shape[0] and ukeys[pos] == k:
@@ -37,7 +37,7 @@ def _find(ukeys, k):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _density(u, v, w, pid, tx, ty, order, ukeys, starts, plo, phi, nx, ny, reach, dc, kernel):
     n = u.shape[0]
     rho = np.zeros(n)
@@ -67,7 +67,7 @@ def _density(u, v, w, pid, tx, ty, order, ukeys, starts, plo, phi, nx, ny, reach
     return rho
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_higher(u, v, rho, pid, tx, ty, order, ukeys, starts, plo, phi, nx, ny, reach, dm):
     n = u.shape[0]
     nh = np.full(n, -1, np.int64)
@@ -98,7 +98,7 @@ def _nearest_higher(u, v, rho, pid, tx, ty, order, ukeys, starts, plo, phi, nx, 
     return nh, delta
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _assign(rho, delta, nh, rhoc, deltac, deltao):
     n = rho.shape[0]
     labels = np.full(n, -1, np.int64)

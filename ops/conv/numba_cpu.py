@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["fused_conv"]
 
@@ -62,7 +62,7 @@ def _variants(py_func):
         f = types.FunctionType(py_func.__code__, py_func.__globals__, f"{py_func.__name__}_{suffix}",
                                py_func.__defaults__, py_func.__closure__)
         f.__qualname__ = f"{py_func.__qualname__}_{suffix}"
-        builds.append(njit(cache=True, parallel=parallel, fastmath=True)(f))
+        builds.append(njit(cache=True, nogil=True, parallel=parallel, fastmath=True)(f))
     return tuple(builds)
 
 
@@ -131,7 +131,7 @@ def scatter_rows(y: np.ndarray, pos: np.ndarray, out: np.ndarray, accumulate: bo
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _fill(a, v):
     flat = a.reshape(-1)
     n = flat.shape[0]
@@ -141,7 +141,7 @@ def _fill(a, v):
             flat[t] = v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _plan_rows(in_idx, out_idx, starts, sizes, group_of, slot_of, group_row0, group_n, K, gin, gout, pos, posT):
     for k in prange(K):
         g = group_of[k]

@@ -7,7 +7,7 @@ one cache line. Slots come from the *high* bits of a multiplicative hash
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["HashTable", "query_nbmap", "downsample_unique", "hash_lookup"]
 
@@ -15,12 +15,12 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _slot(key, shift, mask):
     return np.int64((np.uint64(key) * _GOLDEN) >> shift) & mask
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _pack(b, x, y, z, mins, dims, strides):
     """Packed key of (b, x, y, z), or -1 if outside the box / off the stride lattice."""
     rb = b - mins[0]
@@ -39,7 +39,7 @@ def _pack(b, x, y, z, mins, dims, strides):
     return ((rb * dims[1] + qx) * dims[2] + qy) * dims[3] + qz
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _build(coords, mins, dims, strides, bits):
     """Insert every row; returns (table [2*cap], first duplicate row or -1, its earlier twin)."""
     cap = np.int64(1) << bits
@@ -62,7 +62,7 @@ def _build(coords, mins, dims, strides, bits):
     return table, -1, -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _lookup(table, key, shift, mask):
     if key < 0:
         return -1
@@ -96,7 +96,7 @@ class HashTable:
                            out_coords, offsets, symmetric)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _query(table, bits, mins, dims, strides, out, offsets, symmetric, nbmap):
     M = out.shape[0]
     K = offsets.shape[0]
@@ -134,7 +134,7 @@ def query_nbmap(table, bits, mins, dims, strides, out_coords, offsets, symmetric
     return nbmap
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dedup(c, mins, dims, strides, bits):
     cap = np.int64(1) << bits
     mask = cap - 1
@@ -178,7 +178,7 @@ def downsample_unique(c: np.ndarray, mins, dims, strides) -> np.ndarray:
     return _dedup(c, np.asarray(mins, np.int64), np.asarray(dims, np.int64), np.asarray(strides, np.int64), bits)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _lookup_many(table, bits, mins, dims, strides, q, out):
     mask = (np.int64(1) << bits) - 1
     shift = np.uint64(64 - bits)

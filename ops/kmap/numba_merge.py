@@ -13,14 +13,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["SortedCoords", "merge_query", "pairs_from_nbmap"]
 
 _PAD = 64  # INT64_MAX sentinels after the sorted keys (>= the longest z-column of offsets)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize(coords, mins, strides, q):
     for i in range(coords.shape[0]):
         q[i, 0] = coords[i, 0] - mins[0]
@@ -29,7 +29,7 @@ def _quantize(coords, mins, strides, q):
             q[i, a + 1] = r // strides[a]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize_checked(coords, mins, strides, q):
     """Quantize ``coords`` into ``q``; returns (on_lattice, lexicographically_sorted)."""
     lattice = True
@@ -50,7 +50,7 @@ def _quantize_checked(coords, mins, strides, q):
     return lattice, ordered
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _keys(q, dims, keys):
     """keys of quantized coords; returns True if non-decreasing."""
     ok = True
@@ -93,7 +93,7 @@ class SortedCoords:
         return merge_query(self, out_coords, offsets, symmetric, same)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _merge(keys, perm, dims, qo, order, qoff, col_k, col_n, consec, K, symmetric, nbmap, chunk):
     """Walk the sorted input keys once per (chunk, xy-column of offsets).
 
@@ -252,7 +252,7 @@ def merge_query(table: SortedCoords, out_coords: np.ndarray, offsets: np.ndarray
     return nbmap
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _block_counts(nbmap, block, counts):
     M, K = nbmap.shape
     for b in prange(counts.shape[0]):
@@ -262,7 +262,7 @@ def _block_counts(nbmap, block, counts):
                     counts[b, k] += 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _block_fill(nbmap, block, starts, in_idx, out_idx):
     M, K = nbmap.shape
     for b in prange(starts.shape[0]):

@@ -12,17 +12,17 @@ visits far fewer than ``n`` candidates per query. Queries run in parallel (``pra
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["knn_numba"]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _less(da, ja, db, jb):
     return da < db or (da == db and ja < jb)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _push(hd, hj, m, k, d, j):
     """Offer ``(d, j)`` to the max-heap ``hd, hj`` holding ``m`` entries; returns the new size."""
     if m < k:
@@ -58,7 +58,7 @@ def _push(hd, hj, m, k, d, j):
     return m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _dist2(pos, i, j):
     d = 0.0
     for c in range(pos.shape[1]):
@@ -67,7 +67,7 @@ def _dist2(pos, i, j):
     return d
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _knn(pos, order, rank, ev, axis, offsets, k, idx, d2):
     N = pos.shape[0]
     for i in prange(N):
@@ -116,7 +116,7 @@ def _knn(pos, order, rank, ev, axis, offsets, k, idx, d2):
             d2[i, a] = hd[a]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sort_events(pos, offsets):
     """Per event: the sweep axis (largest variance), rows sorted along it, each row's rank and event."""
     N, D = pos.shape

@@ -8,7 +8,7 @@ No gathered ``[P, K, C]`` tensor is ever materialized.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["gather_weighted", "scatter_weighted", "csr_by_target", "PARALLEL_MIN_WORK"]
 
@@ -16,7 +16,7 @@ __all__ = ["gather_weighted", "scatter_weighted", "csr_by_target", "PARALLEL_MIN
 PARALLEL_MIN_WORK = 1 << 16
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _gather_row(feats, idx, w, out, p):
     C = feats.shape[1]
     for c in range(C):
@@ -30,19 +30,19 @@ def _gather_row(feats, idx, w, out, p):
             out[p, c] += wk * feats[i, c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _gather_par(feats, idx, w, out):
     for p in prange(idx.shape[0]):
         _gather_row(feats, idx, w, out, p)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather_seq(feats, idx, w, out):
     for p in range(idx.shape[0]):
         _gather_row(feats, idx, w, out, p)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _csr(idx, num_out):
     P, K = idx.shape
     indptr = np.zeros(num_out + 1, dtype=np.int64)
@@ -64,7 +64,7 @@ def _csr(idx, num_out):
     return indptr, order
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _scatter_row(src, w, indptr, order, K, out, v):
     C = src.shape[1]
     for c in range(C):
@@ -77,13 +77,13 @@ def _scatter_row(src, w, indptr, order, K, out, v):
             out[v, c] += wk * src[p, c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _scatter_par(src, w, indptr, order, K, out):
     for v in prange(out.shape[0]):
         _scatter_row(src, w, indptr, order, K, out, v)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scatter_seq(src, w, indptr, order, K, out):
     for v in range(out.shape[0]):
         _scatter_row(src, w, indptr, order, K, out, v)

@@ -8,14 +8,14 @@ NaN propagates like ``torch.max``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from .._numba import njit, prange
 
 __all__ = ["max_pool", "max_pool_backward", "sum_pool"]
 
 _CBLOCK = 16  # channels per thread in the backward scatter (one 64-byte line of float32)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _max_pool(x, nbmap, out, arg):
     M, K = nbmap.shape
     C = x.shape[1]
@@ -43,7 +43,7 @@ def _max_pool(x, nbmap, out, arg):
                 arg[j, c] = -1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _max_pool_backward(g, arg, gin, cblock):
     M, C = g.shape
     nb = (C + cblock - 1) // cblock
@@ -57,7 +57,7 @@ def _max_pool_backward(g, arg, gin, cblock):
                     gin[i, c] += g[j, c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _sum_pool(x, nbmap, out):
     M, K = nbmap.shape
     C = x.shape[1]

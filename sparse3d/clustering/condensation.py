@@ -18,7 +18,7 @@ from numba import njit
 __all__ = ["condensation_clustering", "condensation_events"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _condense(X, beta, allowed, t_beta, t_d):
     n, D = X.shape
     order = np.argsort(-beta, kind="mergesort")

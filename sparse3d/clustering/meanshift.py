@@ -27,12 +27,12 @@ from numba import njit
 __all__ = ["mean_shift", "mean_shift_events"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _window(xs, v, h):
     return np.searchsorted(xs, v - h, side="left"), np.searchsorted(xs, v + h, side="right")
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mean_shift(X, seeds, h, max_iter, tol, min_count):
     n, D = X.shape
     S = seeds.shape[0]

@@ -13,12 +13,13 @@ parallel variant by size).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
 
 import torch
 
-__all__ = ["SMALL_INPUT_ROWS", "small_input_threads", "sync_numba_threads", "numba_thread_target"]
+__all__ = ["SMALL_INPUT_ROWS", "small_input_threads", "sync_numba_threads", "numba_thread_target", "concurrent_map"]
 
 # rows below which a model forward runs with one torch thread (see the module docstring)
 SMALL_INPUT_ROWS = 16384
@@ -36,6 +37,8 @@ def numba_thread_target() -> int:
 def sync_numba_threads() -> int:
     """Set numba's thread count to :func:`numba_thread_target` (capped by ``NUMBA_NUM_THREADS``); returns it."""
     import numba
+
+    from ..ops import _numba   # noqa: F401  (numba's pool started without resetting torch's thread count)
     nt = max(1, min(numba_thread_target(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != nt:
         numba.set_num_threads(nt)
@@ -61,3 +64,43 @@ def small_input_threads(rows: int, limit: Optional[int] = None) -> Iterator[None
     finally:
         torch.set_num_threads(n)
         _state.outer = prev
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _one_thread_worker() -> None:
+    import numba
+    numba.set_num_threads(1)   # numba's count is per thread
+
+
+def concurrent_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> List[_R]:
+    """``[fn(x) for x in items]`` on ``workers`` Python threads, each running torch and numba single-threaded.
+
+    The other way to use several cores: instead of splitting every op over the intra-op threads (which
+    pays a thread wake-up per op and leaves the cores idle in Python and in small ops), independent
+    inputs, e.g. batches of calorimeter events, run side by side. This works because torch ops and the
+    ``ops/`` numba kernels (``nogil=True``) release the GIL. Items are handed out one at a time (a slow
+    item does not stall the others); results come back in input order; an exception in ``fn`` is raised
+    here. torch's intra-op thread count is 1 during the call and restored afterwards; the caller's grad
+    mode (thread-local in torch, e.g. ``torch.no_grad()``) holds in the workers too. ``workers <= 1`` runs
+    the plain loop in the calling thread with the current thread counts.
+    """
+    items = list(items)
+    grad = torch.is_grad_enabled()
+
+    def call(x):
+        with torch.set_grad_enabled(grad):
+            return fn(x)
+
+    workers = int(workers)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(items)), initializer=_one_thread_worker) as pool:
+            return list(pool.map(call, items))
+    finally:
+        torch.set_num_threads(n)
