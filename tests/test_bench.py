@@ -124,3 +124,11 @@ def test_bench_calo_interleaved_ratios():
         v = res[1][bs]
         assert all(_finite(v[k]) and v[k] > 0 for k in ("spvcnn_ms", "gravnet_ms", "speedup"))
         assert v["speedup_min"] <= v["speedup"] <= v["speedup_max"]
+    # 2 threads: intra-op and 2 single-thread workers, each network reported at its faster mode
+    res = mod.bench(spv, gn, events, CaloCollate(), [1], [2], repeats=2)
+    v = res[2][1]
+    assert set(v["modes"]) == {1, 2} and v["spvcnn_workers"] in (1, 2) and v["gravnet_workers"] in (1, 2)
+    assert v["spvcnn_ms"] == min(m["spvcnn_ms"] for m in v["modes"].values())
+    assert v["gravnet_ms"] == min(m["gravnet_ms"] for m in v["modes"].values())
+    assert v["speedup_min"] <= v["speedup"] <= v["speedup_max"]
+    assert set(mod.bench(spv, gn, events, CaloCollate(), [1], [2], repeats=1, workers=False)[2][1]["modes"]) == {1}

@@ -351,6 +351,14 @@ def test_network_throughput_counts_every_event(dm):
         assert v["wall_ms"] > 0 and v["cpu_ms"] >= 0 and v["wall_ms_min"] <= v["wall_ms"]
     # bs 1: 2 warm-up + 2 x 2 timed calls; bs 2: 1 warm-up + 2 x 1 timed; every timed pass sees both events
     assert Counting.calls == (2 + 4) + (1 + 2) and Counting.rows == (2 + 4) + (2 + 4)
+    assert all(v["workers"] == 1 and set(v["modes"]) == {1} for v in tp.values())
+    Counting.calls = Counting.rows = 0
+    tp = EC.network_throughput(m, events, dm.collate, [1], repeats=2, workers=[1, 2])
+    v = tp[1]
+    assert set(v["modes"]) == {1, 2} and v["workers"] in (1, 2)
+    assert v["wall_ms"] == min(mv["wall_ms"] for mv in v["modes"].values())
+    # warm-up: 2 calls (1 worker) + 2 calls (2 workers: 4 batches asked, 2 exist); timed: 2 repeats x 2 modes x 2
+    assert Counting.calls == 4 + 8 and Counting.rows == 4 + 8
     assert EC.network_throughput(m, [], dm.collate, [4]) == {}
     with pytest.raises(ValueError, match="batch_sizes"):
         EC.network_throughput(m, events, dm.collate, [0])

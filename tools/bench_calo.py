@@ -14,8 +14,10 @@ batches collated beforehand); the network time does not depend on the weights, s
 optional.
 
 Usage: ``python tools/bench_calo.py [--events 64] [--batch-sizes 1 8 32] [--threads 1 2] [--repeats 5]
-[--spvcnn-ckpt best.pt] [--gravnet-ckpt best.pt] [--json out.json] [--no-fuse-bn]``. Nothing is gated on
-the times. As in ``tools/eval.py``, eval-mode batch norms are folded into the layer before them
+[--spvcnn-ckpt best.pt] [--gravnet-ckpt best.pt] [--json out.json] [--no-fuse-bn] [--no-workers]``. Nothing is
+gated on the times. At N > 1 threads each network is timed two ways, intra-op (every op split over the N
+threads) and N single-thread workers running batches side by side
+(:func:`sparse3d.utils.threads.concurrent_map`); the "best/best" speedup compares each at its faster way. As in ``tools/eval.py``, eval-mode batch norms are folded into the layer before them
 (:func:`sparse3d.nn.utils.fuse_bn_eval`) unless ``--no-fuse-bn``.
 """
 from __future__ import annotations
@@ -54,36 +56,51 @@ def _model(name: str, ckpt, fuse: bool = True):
 
 
 @torch.no_grad()
-def bench(spv, gn, events, collate, batch_sizes, threads, repeats):
-    """``{threads: {bs: {...}}}`` with per-event ms (median) and the median per-repeat speedup."""
+def bench(spv, gn, events, collate, batch_sizes, threads, repeats, workers=True):
+    """``{threads: {bs: {...}}}`` with per-event ms (median) and the median per-repeat speedup.
+
+    With ``threads > 1`` and ``workers``, each network is also timed with ``threads`` single-thread workers
+    running batches side by side (``time_pass(..., workers=threads)``); ``speedup`` then compares each
+    network at its faster mode within every repeat, and ``modes`` keeps every mode's figures."""
     import numba
 
     out = {}
     for th in threads:
         torch.set_num_threads(th)
         numba.set_num_threads(min(th, numba.config.NUMBA_NUM_THREADS))
+        ws = [1, th] if (workers and th > 1) else [1]
         out[th] = {}
         for bs in batch_sizes:
             batches = event_batches(events, collate, bs)
             for m in (spv, gn):
-                for b in batches[:2]:
-                    m(b)
-            rows = []
+                for w in ws:
+                    time_pass(m, batches[:2 * w], len(events), workers=w)
+            rows = []   # per repeat: {w: (spv (wall, cpu), gravnet (wall, cpu))}
             for _ in range(repeats):
-                s = time_pass(spv, batches, len(events))
-                g = time_pass(gn, batches, len(events))
-                rows.append((s, g))
+                rows.append({w: (time_pass(spv, batches, len(events), workers=w),
+                                 time_pass(gn, batches, len(events), workers=w)) for w in ws})
             med = statistics.median
-            out[th][bs] = {"spvcnn_ms": med(r[0][0] for r in rows), "gravnet_ms": med(r[1][0] for r in rows),
-                           "spvcnn_cpu_ms": med(r[0][1] for r in rows), "gravnet_cpu_ms": med(r[1][1] for r in rows),
-                           "speedup": med(r[1][0] / r[0][0] for r in rows),
-                           "speedup_min": min(r[1][0] / r[0][0] for r in rows),
-                           "speedup_max": max(r[1][0] / r[0][0] for r in rows)}
-            v = out[th][bs]
-            print(f"threads {th}  batch {bs:3d}:  Calo-SPVCNN {v['spvcnn_ms']:7.2f} ms/event "
-                  f"(cpu {v['spvcnn_cpu_ms']:7.2f})  GravNet+OC {v['gravnet_ms']:7.2f} ms/event "
-                  f"(cpu {v['gravnet_cpu_ms']:7.2f})  speedup {v['speedup']:5.1f}x "
-                  f"[{v['speedup_min']:.1f}-{v['speedup_max']:.1f}]", flush=True)
+            modes = {w: {"spvcnn_ms": med(r[w][0][0] for r in rows), "gravnet_ms": med(r[w][1][0] for r in rows),
+                         "spvcnn_cpu_ms": med(r[w][0][1] for r in rows),
+                         "gravnet_cpu_ms": med(r[w][1][1] for r in rows),
+                         "speedup": med(r[w][1][0] / r[w][0][0] for r in rows)} for w in ws}
+            best = [min(r[w][1][0] for w in ws) / min(r[w][0][0] for w in ws) for r in rows]
+            sw = min(ws, key=lambda w: modes[w]["spvcnn_ms"])
+            gw = min(ws, key=lambda w: modes[w]["gravnet_ms"])
+            out[th][bs] = v = {"spvcnn_ms": modes[sw]["spvcnn_ms"], "gravnet_ms": modes[gw]["gravnet_ms"],
+                               "spvcnn_cpu_ms": modes[sw]["spvcnn_cpu_ms"], "gravnet_cpu_ms": modes[gw]["gravnet_cpu_ms"],
+                               "spvcnn_workers": sw, "gravnet_workers": gw, "speedup": med(best),
+                               "speedup_min": min(best), "speedup_max": max(best), "modes": modes}
+            for w in ws:
+                mv = modes[w]
+                tag = "intra-op" if w == 1 else f"{w} workers"
+                print(f"threads {th}  batch {bs:3d}  {tag:9s}:  Calo-SPVCNN {mv['spvcnn_ms']:7.2f} ms/event "
+                      f"(cpu {mv['spvcnn_cpu_ms']:7.2f})  GravNet+OC {mv['gravnet_ms']:7.2f} ms/event "
+                      f"(cpu {mv['gravnet_cpu_ms']:7.2f})  speedup {mv['speedup']:5.1f}x", flush=True)
+            if len(ws) > 1:
+                print(f"threads {th}  batch {bs:3d}  best/best:  Calo-SPVCNN {v['spvcnn_ms']:7.2f} ms/event "
+                      f"({sw} worker(s))  GravNet+OC {v['gravnet_ms']:7.2f} ms/event ({gw} worker(s))  speedup "
+                      f"{v['speedup']:5.1f}x [{v['speedup_min']:.1f}-{v['speedup_max']:.1f}]", flush=True)
     return out
 
 
@@ -98,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--split", default="test", choices=["test", "test_pu", "val"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep the batch norms (default: folded, as tools/eval.py)")
+    ap.add_argument("--no-workers", action="store_true",
+                    help="only intra-op threads (default: with N threads also time N single-thread workers)")
     a = ap.parse_args(argv)
     if a.events < 1 or a.repeats < 1 or min(a.batch_sizes) < 1 or min(a.threads) < 1:
         ap.error("--events, --repeats, --batch-sizes and --threads must be positive")
@@ -112,7 +131,7 @@ def main(argv=None):
         raise SystemExit(f"split {a.split!r} has no events")
     hits = sum(e.n_hits for e in events) / len(events)
     print(f"{len(events)} {a.split} events, {hits:.0f} hits/event; load average {os.getloadavg()}", flush=True)
-    res = bench(spv, gn, events, dm.collate, a.batch_sizes, a.threads, a.repeats)
+    res = bench(spv, gn, events, dm.collate, a.batch_sizes, a.threads, a.repeats, not a.no_workers)
     payload = {"events": len(events), "split": a.split, "hits_per_event": hits, "load_after": os.getloadavg(),
                "results": {str(t): {str(b): v for b, v in r.items()} for t, r in res.items()}}
     if a.json:
