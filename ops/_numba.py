@@ -5,7 +5,7 @@ kernel, ``numba.set_num_threads`` or ``numba.get_num_threads`` in a process) cal
 ``omp_set_num_threads(NUMBA_NUM_THREADS)``, which silently resets the calling thread's torch intra-op
 thread count: ``torch.set_num_threads(1)`` followed by the first ``numba.set_num_threads(1)`` left
 torch at 2 threads (measured; a "1-thread" benchmark then used both cores). Importing this module
-starts the pool once and puts torch's count back, so later thread settings hold.
+(``import sparse3d`` does) starts the pool once and puts torch's count back, so later thread settings hold.
 """
 from __future__ import annotations
 

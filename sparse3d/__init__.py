@@ -11,7 +11,12 @@ if "torch" not in _sys.modules:
     _OMP_POLICY_SET = True
 else:
     _OMP_POLICY_SET = _os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-from ._backend import is_deterministic, set_deterministic
+from ._backend import HAS_NUMBA as _HAS_NUMBA, is_deterministic, set_deterministic
+
+# Start numba's thread pool now: its start resets torch's intra-op thread count through the shared
+# libgomp, so a later ``torch.set_num_threads(n)`` would not hold (ops/_numba.py).
+if _HAS_NUMBA:
+    from .ops import _numba as _ops_numba  # noqa: F401
 from .tensor import PointTensor, SparseTensor
 from .utils.collate import sparse_collate, sparse_collate_fn
 from .utils.quantize import sparse_quantize

@@ -137,9 +137,9 @@ def test_numba_pool_start_keeps_torch_thread_count():
 import sparse3d, torch, numba
 torch.set_num_threads(1)
 assert torch.get_num_threads() == 1   # torch's per-thread OpenMP state is initialized from here on
+numba.set_num_threads(1)              # would start numba's pool here, had import sparse3d not done it
+assert torch.get_num_threads() == 1, torch.get_num_threads()
 import sparse3d.nn as spnn
-import sparse3d.ops.conv.numba_cpu   # the kernels (numba's pool starts here)
-numba.set_num_threads(1)
 assert torch.get_num_threads() == 1, torch.get_num_threads()
 from sparse3d import SparseTensor
 c = torch.unique(torch.randint(0, 30, (4000, 3), dtype=torch.int32), dim=0)
