@@ -310,3 +310,33 @@ def test_torchrun_ddp_cli(tiny_root, tmp_path):
     st = load_checkpoint(runs[0] / "checkpoints" / "last.pt")
     assert st["epoch"] == 1 and st["global_step"] == 1  # 2 scans, batch 1 per rank
     assert "mIoU (all 19 classes" in r.stdout
+
+
+def test_train_cli_nproc_launches_local_ddp(tiny_root, tmp_path):
+    """``python tools/train.py nproc=2``: the script starts 2 gloo DDP workers itself (torch's elastic launcher)."""
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "nproc=2", *TINY, f"dataset.root={tiny_root}",
+           f"paths.output_root={tmp_path}", "trainer.max_epochs=1", "trainer.num_threads=1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "spvcnn_semantic_kitti_synth").iterdir())
+    assert len(runs) == 1  # both ranks share rank 0's run folder
+    st = load_checkpoint(runs[0] / "checkpoints" / "last.pt")
+    assert st["epoch"] == 1 and st["global_step"] == 1  # 2 scans, batch 1 per rank: one DDP step
+    assert r.stdout.count("mIoU (all 19 classes") == 1  # rank 0 prints the table
+
+
+def test_launch_local_runs_ranks_and_reports_failures():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from sparse3d.engine.distributed import launch_local
+    import _ddp_fns
+    out = launch_local(_ddp_fns.rank_sum, 2, 10)
+    assert out == {0: (0, 2, 21), 1: (1, 2, 21)}   # (0 + 10) + (1 + 10)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    launch_local(_ddp_fns.rank_sum, 2, 0)
+    assert os.environ.get("OMP_NUM_THREADS") == omp   # the workers' setting does not leak into this process
+    with pytest.raises(ChildFailedError):
+        launch_local(_ddp_fns.fail_on_rank1, 2)
+    with pytest.raises(ValueError, match="nproc"):
+        launch_local(_ddp_fns.rank_sum, 0, 1)

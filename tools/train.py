@@ -5,6 +5,7 @@
     python tools/train.py experiment=spvcnn_semantickitti   # spvnas recipe on real data
     python tools/train.py resume=true                       # continue the newest run's last.pt
     torchrun --nproc_per_node 2 tools/train.py trainer=ddp  # DDP (gloo on CPU)
+    python tools/train.py nproc=2 dataset.batch_size=1      # the same DDP, launched by this script
 
 Runs are written to ``outputs/<experiment_name>/<timestamp>/`` (``config.yaml``,
 ``checkpoints/{last,best}.pt``, ``tb/`` TensorBoard scalars).
@@ -87,7 +88,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    """``nproc > 1`` (outside torchrun): train in that many local DDP processes (``D.launch_local``)."""
+    nproc = int(cfg.get("nproc") or 1)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ and not cfg.get("fit_fn"):
+        OmegaConf.resolve(cfg)   # Hydra's ${hydra:...} / ${now:...} resolved once, here: the workers have no Hydra
+        D.launch_local(train, nproc, cfg)
+    else:
+        train(cfg)
 
 
 if __name__ == "__main__":
