@@ -1,4 +1,4 @@
-"""sparse3d.utils.threads: small inputs run with one torch thread, numba keeps the outer count."""
+"""sparse3d.utils.threads: small inputs run single-threaded (torch and numba), concurrent_map, numba pool start."""
 from __future__ import annotations
 
 import pytest
@@ -16,10 +16,10 @@ def two_threads():
 
 def test_small_input_runs_single_threaded_and_restores(two_threads):
     with T.small_input_threads(100, limit=1000):
-        assert torch.get_num_threads() == 1 and T.numba_thread_target() == 2
-        with T.small_input_threads(10, limit=1000):            # nested: the outermost count is kept
-            assert torch.get_num_threads() == 1 and T.numba_thread_target() == 2
-        assert torch.get_num_threads() == 1 and T.numba_thread_target() == 2
+        assert torch.get_num_threads() == 1 and T.numba_thread_target() == 1
+        with T.small_input_threads(10, limit=1000):            # nested
+            assert torch.get_num_threads() == 1 and T.numba_thread_target() == 1
+        assert torch.get_num_threads() == 1 and T.numba_thread_target() == 1
     assert torch.get_num_threads() == 2 and T.numba_thread_target() == 2
     with T.small_input_threads(1000, limit=1000):              # at the limit: unchanged
         assert torch.get_num_threads() == 2
@@ -31,11 +31,14 @@ def test_small_input_runs_single_threaded_and_restores(two_threads):
     assert torch.get_num_threads() == 2 and T.numba_thread_target() == 2
 
 
-def test_numba_follows_outer_count(two_threads):
+def test_numba_follows_torch_count(two_threads):
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here")
     with T.small_input_threads(5, limit=1000):
+        T.sync_numba_threads()
+        assert numba.get_num_threads() == 1                  # small inputs: numba single-threaded too
+    with T.small_input_threads(5000, limit=1000):
         T.sync_numba_threads()
         assert numba.get_num_threads() == 2
     torch.set_num_threads(1)

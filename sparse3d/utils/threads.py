@@ -1,4 +1,4 @@
-"""Thread-count policy for the CPU kernels: numba follows torch, small inputs run torch single-threaded.
+"""Thread-count policy for the CPU kernels: numba follows torch, small inputs run single-threaded.
 
 torch parallelizes an element-wise op or GEMM over its OpenMP threads once it has more than ~32k
 elements. With ``OMP_WAIT_POLICY=PASSIVE`` (set by ``import sparse3d`` so that idle OpenMP threads
@@ -6,13 +6,13 @@ do not spin on the cores numba needs) every such parallel region wakes a sleepin
 more than the work on a ~1k-row sparse tensor. A forward pass over a small input (a calorimeter
 event, one object) is a few hundred of these regions; measured on 2 cores, Calo-SPVCNN per event:
 1 torch thread 35 ms vs 2 threads 50 ms at ~1.2k hits, 12.4 vs 14.7 ms at ~10k hits (batch 8), equal
-at ~38k hits. :func:`small_input_threads` therefore runs a forward pass with one torch thread below
-``SMALL_INPUT_ROWS`` rows; numba kernels keep the outer thread count (they pick their own serial or
-parallel variant by size).
+at ~38k hits. :func:`small_input_threads` therefore runs a forward pass single-threaded below
+``SMALL_INPUT_ROWS`` rows, the numba kernels included: with numba at 2 threads as well, Calo-SPVCNN took
+33.8 ms per ~1.2k-hit event vs 25.9 ms with both at one thread (10.9 vs 10.0 ms per event at batch 8;
+measured 2026-11-29 on the idle 2-core machine; until then numba kept the outer count).
 """
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
@@ -24,14 +24,12 @@ __all__ = ["SMALL_INPUT_ROWS", "small_input_threads", "sync_numba_threads", "num
 # rows below which a model forward runs with one torch thread (see the module docstring)
 SMALL_INPUT_ROWS = 16384
 
-_state = threading.local()
 
 
 def numba_thread_target() -> int:
-    """Threads the numba kernels should use: the torch thread count outside :func:`small_input_threads`,
-    the outer count inside it."""
-    outer = getattr(_state, "outer", None)
-    return int(outer) if outer else torch.get_num_threads()
+    """Threads the numba kernels should use: torch's intra-op thread count (1 inside
+    :func:`small_input_threads`)."""
+    return torch.get_num_threads()
 
 
 def sync_numba_threads() -> int:
@@ -47,23 +45,19 @@ def sync_numba_threads() -> int:
 
 @contextmanager
 def small_input_threads(rows: int, limit: Optional[int] = None) -> Iterator[None]:
-    """Run the block with one torch intra-op thread if ``rows < limit`` (default :data:`SMALL_INPUT_ROWS`,
-    read at call time; 0 disables), restored afterwards, also on error; numba kernels inside keep the
-    outer thread count. Nested use keeps the outermost count. Setting the thread count costs well under
-    a microsecond."""
+    """Run the block single-threaded (torch intra-op and, through :func:`sync_numba_threads`, the numba
+    kernels) if ``rows < limit`` (default :data:`SMALL_INPUT_ROWS`, read at call time; 0 disables);
+    the thread count is restored afterwards, also on error. Setting it costs well under a microsecond."""
     limit = SMALL_INPUT_ROWS if limit is None else int(limit)
     n = torch.get_num_threads()
     if rows >= limit or n == 1:
         yield
         return
-    prev = getattr(_state, "outer", None)
-    _state.outer = prev or n
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(n)
-        _state.outer = prev
 
 
 _T = TypeVar("_T")
