@@ -180,3 +180,30 @@ def test_cluster_table_ordering():
     e = np.maximum(ev.energy.astype(np.float64), 0)
     m = hi == 0
     np.testing.assert_allclose(cl["x"][0], (e[m] * ev.x[m]).sum() / e[m].sum(), rtol=1e-5)
+
+
+def test_workers_give_the_same_labels(events, root_file, tmp_path):
+    """Batches side by side on 2 single-thread workers: the same labels as the plain loop (Calo-SPVCNN + mean-shift)."""
+    import torch
+
+    from conftest import torch_threads
+    from sparse3d.clustering.pipeline import cluster_events
+    from sparse3d.datasets.calo.module import CaloCollate
+    from sparse3d.models.calo import CaloSPVCNN
+    torch.manual_seed(0)
+    m = CaloSPVCNN(in_channels=3, cr=0.25, res_blocks=1, devoxelize="nearest", min_count=5).eval()
+    col = CaloCollate()
+    with torch_threads(1):
+        a, tn, tc = cluster_events(m, col, events, batch_size=2)
+    with torch_threads(2):
+        b, *_ = cluster_events(m, col, events, batch_size=2, workers=2)
+    assert len(a) == len(b) == len(events) and tn > 0 and tc > 0
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert any((x >= 0).any() for x in a)          # some hits are clustered
+    clue, ccol = load_clusterer(algo="clue")
+    cluster_file(root_file, tmp_path / "w1.root", clue, ccol, batch_size=2, progress=False)
+    cluster_file(root_file, tmp_path / "w2.root", clue, ccol, batch_size=2, progress=False, workers=2)
+    w1, w2 = _read(tmp_path / "w1.root"), _read(tmp_path / "w2.root")
+    assert all(ak.to_list(w1[f]) == ak.to_list(w2[f]) for f in w1.fields)
+    with pytest.raises(ValueError, match="workers"):
+        cluster_file(root_file, tmp_path / "w3.root", clue, ccol, workers=0, progress=False)

@@ -38,6 +38,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..utils.threads import concurrent_map
+
 __all__ = ["ClusterSummary", "load_clusterer", "cluster_events", "cluster_table", "cluster_file",
            "input_kind"]
 
@@ -121,13 +123,17 @@ def load_clusterer(checkpoint: Optional[PathLike] = None, algo: Optional[str] = 
 
 @torch.no_grad()
 def cluster_events(model, collate, events, device: Union[str, torch.device] = "cpu",
-                   batch_size: int = 4) -> Tuple[List[np.ndarray], float, float]:
-    """Labels per event (``[N_e]`` int64, -1 noise) plus network and clustering seconds."""
+                   batch_size: int = 4, workers: int = 1) -> Tuple[List[np.ndarray], float, float]:
+    """Labels per event (``[N_e]`` int64, -1 noise) plus network and clustering seconds.
+
+    ``workers > 1`` (CPU): the batches (network + clustering) run side by side on that many single-thread
+    workers (:func:`sparse3d.utils.threads.concurrent_map`); the labels are the same, and the two times are
+    then the workers' summed busy time, not wall time."""
     device = torch.device(device)
-    labels: List[np.ndarray] = []
-    t_net = t_cl = 0.0
-    for b0 in range(0, len(events), batch_size):
-        evs = events[b0:b0 + batch_size]
+    if workers > 1 and device.type != "cpu":
+        raise ValueError(f"workers > 1 is a CPU mode, got device {device}")
+
+    def run(evs):
         batch = collate.events(evs)
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         t0 = time.perf_counter()
@@ -136,8 +142,13 @@ def cluster_events(model, collate, events, device: Union[str, torch.device] = "c
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
         labs = model.cluster(out, batch)
-        t2 = time.perf_counter()
-        t_net, t_cl = t_net + t1 - t0, t_cl + t2 - t1
+        return labs, t1 - t0, time.perf_counter() - t1
+
+    groups = [events[b0:b0 + batch_size] for b0 in range(0, len(events), batch_size)]
+    labels: List[np.ndarray] = []
+    t_net = t_cl = 0.0
+    for evs, (labs, dn, dc) in zip(groups, concurrent_map(run, groups, workers)):
+        t_net, t_cl = t_net + dn, t_cl + dc
         if len(labs) != len(evs):
             raise ValueError(f"model.cluster returned {len(labs)} label arrays for {len(evs)} events")
         for ev, lab in zip(evs, labs):
@@ -309,7 +320,7 @@ class _TreeWriter:
 
 def cluster_file(inputs: Union[PathLike, Sequence[PathLike]], output: PathLike, model, collate,
                  step_size: int = 200, batch_size: int = 4, device: Union[str, torch.device] = "cpu",
-                 name: str = "Cluster", tree: str = "Events", progress: bool = True) -> ClusterSummary:
+                 name: str = "Cluster", tree: str = "Events", progress: bool = True, workers: int = 1) -> ClusterSummary:
     """Cluster every event of ``inputs`` chunk by chunk and write ``output`` (module docstring).
 
     Args:
@@ -317,7 +328,8 @@ def cluster_file(inputs: Union[PathLike, Sequence[PathLike]], output: PathLike, 
         output: the new ROOT file (must differ from the inputs).
         model, collate: from :func:`load_clusterer`. step_size: events per read/write chunk.
         batch_size: events per model call. name: prefix of the new branches.
-        progress: tqdm bar over events.
+        progress: tqdm bar over events. workers: CPU threads running the batches of a chunk side by side,
+            one torch/numba thread each (:func:`cluster_events`); same output.
 
     Returns:
         :class:`ClusterSummary` (with ``panoptic`` when the inputs carry truth).
@@ -334,6 +346,8 @@ def cluster_file(inputs: Union[PathLike, Sequence[PathLike]], output: PathLike, 
         raise ValueError("no input files")
     if not isinstance(step_size, int) or step_size < 1:
         raise ValueError(f"step_size must be a positive int, got {step_size!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not name.isidentifier():
@@ -359,7 +373,7 @@ def cluster_file(inputs: Union[PathLike, Sequence[PathLike]], output: PathLike, 
                 clash = sorted(f for f in arrays.fields if f in taken or f.startswith(f"{name}_"))
                 if clash:
                     raise ValueError(f"input already has the branch '{clash[0]}'; choose another name (--name)")
-            labels, t_net, t_cl = cluster_events(model, collate, events, device, batch_size)
+            labels, t_net, t_cl = cluster_events(model, collate, events, device, batch_size, workers)
             summary.net_seconds += t_net
             summary.cluster_seconds += t_cl
             hit_idx, hit_e, cl = [], [], {k: [] for k in ("energy", "x", "y", "z", "nHits")}
