@@ -25,7 +25,6 @@ __all__ = ["SMALL_INPUT_ROWS", "small_input_threads", "sync_numba_threads", "num
 SMALL_INPUT_ROWS = 16384
 
 
-
 def numba_thread_target() -> int:
     """Threads the numba kernels should use: torch's intra-op thread count (1 inside
     :func:`small_input_threads`)."""
@@ -35,8 +34,6 @@ def numba_thread_target() -> int:
 def sync_numba_threads() -> int:
     """Set numba's thread count to :func:`numba_thread_target` (capped by ``NUMBA_NUM_THREADS``); returns it."""
     import numba
-
-    from ..ops import _numba   # noqa: F401  (numba's pool started without resetting torch's thread count)
     nt = max(1, min(numba_thread_target(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != nt:
         numba.set_num_threads(nt)
