@@ -108,3 +108,28 @@ def test_bad_input():
         SPVCNN(voxel_size=0)
     with pytest.raises(ValueError, match="cr"):
         SPVCNN(cr=-1)
+
+
+@pytest.mark.parametrize("arch", ["spvcnn", "minkunet"])
+def test_input_norm_standardizes_the_input_features(arch):
+    """input_norm=True = the same network on per-feature standardized inputs (batch statistics in training,
+    running ones in eval); it adds no parameters."""
+    from sparse3d import SparseTensor
+    from sparse3d.models.spvnas import MinkUNet, SPVCNN
+    Net = SPVCNN if arch == "spvcnn" else MinkUNet
+    torch.manual_seed(0)
+    a, b = Net(cr=0.125, input_norm=True), Net(cr=0.125)
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("input_norm.")})
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    c = torch.unique(torch.randint(0, 40, (3000, 3), dtype=torch.int32), dim=0)
+    c = torch.cat([torch.zeros(len(c), 1, dtype=torch.int32), c], 1)
+    f = torch.cat([torch.randn(len(c), 3) * 15 + 3, torch.rand(len(c), 1)], 1)   # x, y, z in metres, remission
+    a, b = a.double(), b.double()
+    f = f.double()
+    fn = (f - f.mean(0)) / torch.sqrt(f.var(0, unbiased=False) + 1e-5)
+    if arch == "spvcnn":
+        a.dropout.p = b.dropout.p = 0.0
+    torch.testing.assert_close(a(SparseTensor(f, c)), b(SparseTensor(fn, c)))
+    a.eval(), b.eval()
+    rm, rv = a.input_norm.running_mean, a.input_norm.running_var
+    torch.testing.assert_close(a(SparseTensor(f, c)), b(SparseTensor((f - rm) / torch.sqrt(rv + 1e-5), c)))

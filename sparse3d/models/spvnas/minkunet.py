@@ -31,9 +31,9 @@ def minkunet_channels(cr: float = 1.0) -> List[int]:
 
 
 def init_batchnorm(module: nn.Module) -> None:
-    """spvnas init: every BatchNorm weight 1, bias 0."""
+    """spvnas init: every (affine) BatchNorm weight 1, bias 0."""
     for m in module.modules():
-        if isinstance(m, nn.BatchNorm1d):
+        if isinstance(m, nn.BatchNorm1d) and m.affine:
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
 
@@ -80,18 +80,21 @@ class MinkUNet(nn.Module):
         in_channels: input feature width (4: xyz + remission in SPVNAS).
         num_classes: number of output logits.
         cr: channel ratio; widths ``int(cr * c)``.
+        input_norm: standardize each input feature over the batch's voxels first (a non-affine
+            BatchNorm, no parameters).
 
     Input: SparseTensor with feats ``[N, in_channels]`` float, stride 1.
     Output: logits ``[N, num_classes]`` (same dtype as feats), rows in input order.
     """
 
-    def __init__(self, in_channels: int = 4, num_classes: int = 19, cr: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 4, num_classes: int = 19, cr: float = 1.0, input_norm: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         cs = minkunet_channels(cr)
         self.in_channels, self.num_classes, self.cr, self.channels = in_channels, num_classes, cr, cs
 
+        self.input_norm = nn.BatchNorm1d(in_channels, affine=False) if input_norm else None
         add_unet_backbone(self, in_channels, cs)
         self.classifier = nn.Sequential(nn.Linear(cs[8], num_classes))
         self.weight_initialization()
@@ -109,6 +112,8 @@ class MinkUNet(nn.Module):
             return self._forward(x)
 
     def _forward(self, x: SparseTensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = x.replace(self.input_norm(x.feats))
         x0 = self.stem(x)
         x1 = self.stage1(x0)
         x2 = self.stage2(x1)

@@ -47,13 +47,15 @@ class SPVCNN(nn.Module):
         dropout: dropout probability on the voxel features after each point-to-voxel fusion.
         voxel_size: metres per voxel unit of the input coords (metadata for data pipelines
             and configs; the network works in voxel units).
+        input_norm: standardize each input feature over the batch's voxels first (a non-affine
+            BatchNorm, no parameters: raw x, y in metres have ~50x the spread of remission).
 
     Input: SparseTensor, feats ``[N, in_channels]`` float, coords ``[N, 4]`` int32, stride 1.
     Output: logits ``[N, num_classes]`` in feats' dtype, rows in input order.
     """
 
     def __init__(self, in_channels: int = 4, num_classes: int = 19, cr: float = 1.0, dropout: float = 0.3,
-                 voxel_size: float = 0.05) -> None:
+                 voxel_size: float = 0.05, input_norm: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
@@ -65,6 +67,7 @@ class SPVCNN(nn.Module):
         self.in_channels, self.num_classes, self.cr, self.channels = in_channels, num_classes, cr, cs
         self.voxel_size = float(voxel_size)
 
+        self.input_norm = nn.BatchNorm1d(in_channels, affine=False) if input_norm else None
         add_unet_backbone(self, in_channels, cs)
         self.classifier = nn.Sequential(nn.Linear(cs[8], num_classes))
         self.point_transforms = nn.ModuleList([
@@ -96,7 +99,8 @@ class SPVCNN(nn.Module):
             return self._forward(x)
 
     def _forward(self, x: SparseTensor) -> torch.Tensor:
-        z = PointTensor(x.feats, x.coords.float())
+        feats = x.feats if self.input_norm is None else self.input_norm(x.feats)
+        z = PointTensor(feats, x.coords.float())
 
         x0 = initial_voxelize(z)
         x0 = self.stem(x0)
