@@ -65,6 +65,7 @@ def test_default_config():
     assert cfg.dataset.voxel_size == 0.2 and cfg.model.cr == 0.5
     # two single-thread DDP processes started by tools/train.py, batch 1 each (global batch 2)
     assert cfg.nproc == 2 and cfg.dataset.batch_size == 1 and cfg.trainer.num_threads == 1
+    assert cfg.model.input_norm is True
     assert compose_train(["experiment=calo_spvcnn"]).nproc == 1
     sgd = OmegaConf.load(CONFIGS / "optim" / "sgd.yaml").optimizer  # the upstream spvnas recipe
     assert sgd.lr == 0.24 and sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay == 1e-4

@@ -74,7 +74,7 @@ def compose_eval(overrides=()):
 def tiny_model(num_classes=19, seed=0):
     """Random tiny MinkUNet; zero classifier bias so that the argmax varies over many classes."""
     torch.manual_seed(seed)
-    m = MinkUNet(4, num_classes, cr=0.125)
+    m = MinkUNet(4, num_classes, cr=0.125, input_norm=True)   # as the default experiment (synth_cpu)
     with torch.no_grad():
         m.classifier[0].bias.zero_()
     return m
@@ -182,7 +182,7 @@ def test_checkpoint_other_num_classes(tmp_path):
 def test_checkpoint_other_model(tmp_path):
     from sparse3d.models.spvnas.spvcnn import SPVCNN
     torch.manual_seed(0)
-    spv = SPVCNN(4, 19, cr=0.125)
+    spv = SPVCNN(4, 19, cr=0.125, input_norm=True)
     target = "sparse3d.models.spvnas.spvcnn.SPVCNN"
     path = write_ckpt(tmp_path / "spvcnn.pt", spv, target=target)
     with pytest.raises(ValueError, match=rf"spvcnn\.pt was trained with model {target}.*builds {MINKUNET}"):
@@ -193,7 +193,7 @@ def test_checkpoint_other_model(tmp_path):
         load_model_weights(tiny_model(), path)
     # a MinkUNet of another width
     torch.manual_seed(0)
-    save_checkpoint(path, {"model": MinkUNet(4, 19, cr=0.25).state_dict()})
+    save_checkpoint(path, {"model": MinkUNet(4, 19, cr=0.25, input_norm=True).state_dict()})
     with pytest.raises(ValueError, match=r"spvcnn\.pt does not fit MinkUNet: shape mismatch in stem"):
         load_model_weights(tiny_model(), path)
 

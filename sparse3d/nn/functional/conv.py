@@ -27,6 +27,8 @@ Cin, Cout, dtype) and keeps the faster; deterministic mode disables autotuning.
 """
 from __future__ import annotations
 
+import threading
+
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -166,20 +168,24 @@ def _ggs_forward(x: torch.Tensor, w: torch.Tensor, km: KernelMap) -> torch.Tenso
     return out[: km.n_out]
 
 
-_WORKSPACE: Dict[tuple, torch.Tensor] = {}
+_WORKSPACE = threading.local()   # per thread: convs may run concurrently (sparse3d.utils.threads.concurrent_map)
 
 
 def _workspace(slot: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     """A reusable ``[rows, cols]`` scratch buffer (avoids page-faulting fresh 10-100 MB blocks per call).
 
-    Only used for gathered/product matrices that die within one kernel call.
+    Only used for gathered/product matrices that die within one kernel call. One set of buffers per
+    thread, so convolutions running side by side in several threads never share one.
     """
+    bufs = getattr(_WORKSPACE, "bufs", None)
+    if bufs is None:
+        bufs = _WORKSPACE.bufs = {}
     key = (slot, dtype)
-    buf = _WORKSPACE.get(key)
+    buf = bufs.get(key)
     n = rows * cols
     if buf is None or buf.numel() < n:
         buf = torch.empty(max(n, 1 << 16), dtype=dtype)
-        _WORKSPACE[key] = buf
+        bufs[key] = buf
     return buf[:n].view(rows, cols)
 
 
