@@ -22,7 +22,7 @@ outer product: it reads ``depth[p] * context[pix(p)]`` on the fly.
 from __future__ import annotations
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["compute_ranks", "build_intervals", "balance_chunks", "interval_pool", "interval_pool_backward",
            "pixel_of", "depth_pool", "depth_pool_backward"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["fused_conv"]
 

@@ -7,7 +7,7 @@ one cache line. Slots come from the *high* bits of a multiplicative hash
 from __future__ import annotations
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["HashTable", "query_nbmap", "downsample_unique", "hash_lookup"]
 

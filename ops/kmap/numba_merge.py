@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["SortedCoords", "merge_query", "pairs_from_nbmap"]
 

@@ -12,7 +12,7 @@ visits far fewer than ``n`` candidates per query. Queries run in parallel (``pra
 from __future__ import annotations
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["knn_numba"]
 

@@ -8,7 +8,7 @@ No gathered ``[P, K, C]`` tensor is ever materialized.
 from __future__ import annotations
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["gather_weighted", "scatter_weighted", "csr_by_target", "PARALLEL_MIN_WORK"]
 

@@ -8,7 +8,7 @@ NaN propagates like ``torch.max``.
 from __future__ import annotations
 
 import numpy as np
-from .._numba import njit, prange
+from numba import njit, prange
 
 __all__ = ["max_pool", "max_pool_backward", "sum_pool"]
 
