@@ -128,3 +128,37 @@ def test_point_tensor_bad_input():
 def test_version_and_exports():
     assert sparse3d.__version__
     assert callable(sparse3d.set_deterministic)
+
+
+@pytest.mark.parametrize("lo,hi,d", [(-50, 50, 3), (0, 3, 4), (-(2**31), 2**31 - 1, 4), (-(2**31), 2**31 - 1, 3)])
+def test_unique_rows_packed_key_matches_numpy_axis0(lo, hi, d):
+    """The packed-int64-key dedup (and its axis=0 fallback for spans over 63 bits) equals
+    ``np.unique(axis=0)``: same sorted rows, first-occurrence index, inverse."""
+    from sparse3d.utils.quantize import _unique_rows
+    rng = np.random.default_rng(d + lo % 7)
+    g = rng.integers(lo, hi, (3000, d), endpoint=True).astype(np.int32)
+    g = np.concatenate([g, g[::3]])  # duplicates
+    c, idx, inv = np.unique(g, axis=0, return_index=True, return_inverse=True)
+    c2, idx2, inv2 = _unique_rows(g)
+    assert np.array_equal(c, c2) and np.array_equal(idx, idx2) and np.array_equal(inv.reshape(-1), inv2)
+    one = _unique_rows(g[:1])
+    assert one[0].shape == (1, d) and one[1].tolist() == [0] and one[2].tolist() == [0]
+
+
+def test_sparse_quantize_property_hypothesis():
+    """Property: for any finite float cloud and voxel size, coords == np.unique(floor(p / v), axis=0),
+    coords[inverse] == floor(p / v) and coords == floor(p[index] / v)."""
+    from hypothesis import given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    @settings(max_examples=60, deadline=None)
+    @given(arrays(np.float32, st.tuples(st.integers(0, 40), st.just(3)),
+                  elements=st.floats(-1e5, 1e5, width=32)),
+           st.sampled_from([0.05, 0.2, 1.0, 7.5]))
+    def check(p, v):
+        c, idx, inv = sparse_quantize(p, v, return_index=True, return_inverse=True)
+        g = np.floor(p.astype(np.float64) / v).astype(np.int32)
+        assert np.array_equal(c, np.unique(g, axis=0).reshape(-1, 3))
+        assert np.array_equal(c[inv], g) and np.array_equal(c, g[idx])
+
+    check()
