@@ -149,6 +149,29 @@ def test_data_module_loaders(tiny_root):
     assert int(b["lidar_inverse"].max()) < len(b["lidar"].feats)
 
 
+
+def test_data_module_rotation_range():
+    """``rotate``: true = a full turn, false = off, ``(low, high)`` radians = that range (e.g. +-pi/4,
+    the detection-style range the default experiment uses); anything else is a clear error."""
+    from sparse3d.datasets.kitti_module import SemanticKITTIDataModule
+    from sparse3d.datasets.transforms import RandomRotateZ
+
+    def rot(dm):
+        return [t for t in dm.train_transform().transforms if isinstance(t, RandomRotateZ)]
+
+    full, = rot(SemanticKITTIDataModule("/unused", rotate=True))
+    assert (full.low, full.high) == (0.0, 2 * math.pi)
+    assert rot(SemanticKITTIDataModule("/unused", rotate=False)) == []
+    r, = rot(SemanticKITTIDataModule("/unused", rotate=[-0.5, 0.25]))
+    assert (r.low, r.high) == (-0.5, 0.25)
+    pts = np.array([[1.0, 0.0, 0.0, 0.1]], np.float32)
+    out = SemanticKITTIDataModule("/unused", rotate=(0.5, 0.5), scale=None).train_transform().transforms[0](
+        {"points": pts})["points"]
+    assert np.allclose(out[0, :2], [math.cos(0.5), math.sin(0.5)], atol=1e-6) and out[0, 3] == np.float32(0.1)
+    for bad in ([0.3, 0.1], [0.1], "pi", [0.0, float("nan")]):
+        with pytest.raises(ValueError, match="rotate"):
+            SemanticKITTIDataModule("/unused", rotate=bad)
+
 def test_tools_train_end_to_end(tiny_root, tmp_path, capsys):
     cfg = _cfg(tiny_root, tmp_path, "trainer.max_epochs=2", "trainer.grad_clip=1.0", "optim=adamw")
     res = _train_module().train(cfg)

@@ -12,6 +12,7 @@ every rank takes the same number of steps (nothing is dropped). Validation shard
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
@@ -58,7 +59,8 @@ class SemanticKITTIDataModule:
         voxel_size: metres. max_voxels: random voxel subset per training scan (None: all).
         batch_size / val_batch_size: scans per batch and rank.
         num_workers: DataLoader workers (seeded through ``seed_worker``).
-        rotate: random z rotation; scale: ``(low, high)`` or None; flip: random x/y mirroring;
+        rotate: random z rotation: ``True`` (a full turn), ``False``, or ``(low, high)`` radians;
+            scale: ``(low, high)`` or None; flip: random x/y mirroring;
             jitter: Gaussian xyz noise sigma in metres (0: off).
         seed: shuffle seed (the per-epoch order is ``seed + epoch``).
         num_classes / ignore_index / class_names: label space (SemanticKITTI's by default).
@@ -72,7 +74,8 @@ class SemanticKITTIDataModule:
     def __init__(self, root: Union[str, os.PathLike], synthetic: Optional[Dict[str, Any]] = None,
                  train_sequences: Optional[Sequence[int]] = None, val_sequences: Optional[Sequence[int]] = None,
                  voxel_size: float = 0.05, max_voxels: Optional[int] = 80000, batch_size: int = 2,
-                 val_batch_size: int = 1, num_workers: int = 0, rotate: bool = True,
+                 val_batch_size: int = 1, num_workers: int = 0,
+                 rotate: Union[bool, Sequence[float]] = True,
                  scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False, jitter: float = 0.0,
                  seed: int = 0, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
                  class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti",
@@ -86,6 +89,12 @@ class SemanticKITTIDataModule:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         if scale is not None and len(scale) != 2:
             raise ValueError(f"scale must be (low, high) or None, got {scale!r}")
+        if not isinstance(rotate, bool) and rotate is not None:
+            if (not isinstance(rotate, Sequence) or isinstance(rotate, str) or len(rotate) != 2
+                    or not all(isinstance(a, (int, float)) and math.isfinite(a) for a in rotate)
+                    or not rotate[0] <= rotate[1]):
+                raise ValueError(f"rotate must be true, false or (low, high) radians with low <= high, got {rotate!r}")
+            rotate = (float(rotate[0]), float(rotate[1]))
         self.root = Path(root)
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.train_sequences = list(train_sequences) if train_sequences is not None else None
@@ -146,7 +155,9 @@ class SemanticKITTIDataModule:
         if self.instance_paste is not None:   # before the scene augmentations, which then move the objects too
             from .instance_paste import InstancePaste
             ts.append(InstancePaste(self.instance_bank(), int(self.instance_paste.get("num", 6))))
-        if self.rotate:
+        if isinstance(self.rotate, tuple):
+            ts.append(RandomRotateZ(*self.rotate))
+        elif self.rotate:
             ts.append(RandomRotateZ())
         if self.scale is not None:
             ts.append(RandomScale(float(self.scale[0]), float(self.scale[1])))
