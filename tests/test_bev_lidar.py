@@ -321,3 +321,43 @@ def test_to_bev_matches_height_collapse():
     assert torch.autograd.gradcheck(lambda f: to_bev(x.replace(f), (X, Y, D), B), (feats,))
     empty = sparse3d.SparseTensor(torch.zeros(0, 2), torch.zeros(0, 4, dtype=torch.int32), (8, 8, 16))
     assert torch.equal(to_bev(empty, (X, Y, D), 2), torch.zeros(2, 2 * D, X, Y))
+
+
+def test_time_raster_matches_brute_force_and_encoder_channels():
+    """LidarEncoder(time_bins=...): log1p point counts per (Δt bin, BEV cell) appended after the
+    backbone's channels, on the same non-square BEV grid (brute-force per-point reference)."""
+    from sparse3d.models.bevfusion.lidar.sparse_encoder import time_raster
+    pcr = (-51.2, -25.6, -5.0, 51.2, 25.6, 3.0)
+    edges = [0.0, 0.025, 0.225, 0.5]
+    g = torch.Generator().manual_seed(0)
+    pts = []
+    for n in (700, 0, 50):
+        p = torch.rand(n, 5, generator=g)
+        p[:, 0] = p[:, 0] * 120 - 60      # some outside x range
+        p[:, 1] = p[:, 1] * 60 - 30       # some outside y range
+        p[:, 2] = p[:, 2] * 10 - 6        # some outside z range
+        p[:, 4] = (p[:, 4] * 11).floor() * 0.05   # sweep times 0 .. 0.5 (0.5 is outside the last bin)
+        pts.append(p)
+    ras = time_raster(pts, edges, pcr, (128, 64))
+    ref = torch.zeros(3, 3, 128, 64)
+    for b, p in enumerate(pts):
+        for x, y, z, _, dt in p.tolist():
+            i, j = math.floor((x + 51.2) / 0.8), math.floor((y + 25.6) / 0.8)
+            t = sum(dt >= e for e in edges) - 1
+            if 0 <= i < 128 and 0 <= j < 64 and -5.0 <= z < 3.0 and 0 <= t < 3:
+                ref[b, t, i, j] += 1
+    assert ref[0].sum() > 100 and torch.allclose(ras, torch.log1p(ref))
+    vox = Voxelization(VS, pcr, max_voxels=None)
+    base = LidarEncoder(vox, SparseEncoder(5, vox.sparse_shape, **SMALL)).eval()
+    enc = LidarEncoder(vox, SparseEncoder(5, vox.sparse_shape, **SMALL), time_bins=edges).eval()
+    enc.load_state_dict(base.state_dict())
+    assert enc.out_channels == base.out_channels + 3
+    with torch.no_grad():
+        out, ref_bev = enc(pts), base(pts)
+    assert out.shape == (3, enc.out_channels, 128, 64)
+    assert torch.equal(out[:, :base.out_channels], ref_bev) and torch.allclose(out[:, base.out_channels:], ras)
+    for bad in ([0.1], [0.0, 0.0], [0.0, float("nan")]):
+        with pytest.raises(ValueError, match="time_bins"):
+            LidarEncoder(vox, SparseEncoder(5, vox.sparse_shape, **SMALL), time_bins=bad)
+    with pytest.raises(ValueError, match="5th"):
+        time_raster([torch.zeros(3, 4)], edges, pcr, (128, 64))

@@ -159,19 +159,69 @@ class LidarEncoder(nn.Module):
     Args:
         voxelize: a :class:`Voxelization`. backbone: a :class:`SparseEncoder` whose ``sparse_shape``
             equals ``voxelize.sparse_shape``.
+        time_bins: optional increasing Δt edges in seconds (e.g. ``[0, 0.025, 0.225, 0.5]``): adds
+            ``len(time_bins) - 1`` BEV channels, ``log1p`` of the point count per BEV cell whose Δt
+            (the 5th point feature) falls in ``[edge_t, edge_t+1)``. A moving object shows as newest
+            and older occupancy blobs displaced along its track, which 2D convs read directly; the
+            mean-of-points voxels carry Δt only as a per-voxel mean. None: off.
+            ``C_out = backbone.out_channels + len(time_bins) - 1``.
     """
 
-    def __init__(self, voxelize: Voxelization, backbone: SparseEncoder) -> None:
+    def __init__(self, voxelize: Voxelization, backbone: SparseEncoder,
+                 time_bins: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if tuple(voxelize.sparse_shape) != tuple(backbone.sparse_shape):
             raise ValueError(f"LidarEncoder: voxelize.sparse_shape {voxelize.sparse_shape} != backbone.sparse_shape "
                              f"{backbone.sparse_shape}")
         self.voxelize = voxelize
         self.backbone = backbone
-        self.out_channels = backbone.out_channels
         self.bev_shape = backbone.bev_shape
+        self.time_bins = None
+        if time_bins is not None:
+            tb = [float(t) for t in time_bins]
+            if len(tb) < 2 or any(not math.isfinite(t) for t in tb) or any(b <= a for a, b in zip(tb, tb[1:])):
+                raise ValueError(f"time_bins must be >= 2 increasing finite Δt edges (seconds), got {time_bins!r}")
+            self.time_bins = tb
+        self.out_channels = backbone.out_channels + (len(self.time_bins) - 1 if self.time_bins else 0)
 
     def forward(self, points) -> torch.Tensor:
         x = self.voxelize(points)
         B = 1 if isinstance(points, torch.Tensor) else len(points)
-        return self.backbone(x, batch_size=B)
+        bev = self.backbone(x, batch_size=B)
+        if self.time_bins is None:
+            return bev
+        pts = [points] if isinstance(points, torch.Tensor) else list(points)
+        return torch.cat([bev, time_raster(pts, self.time_bins, self.voxelize.point_cloud_range,
+                                           bev.shape[2:]).to(bev.dtype)], 1)
+
+
+def time_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cloud_range: Sequence[float],
+                shape: Sequence[int]) -> torch.Tensor:
+    """``log1p`` point counts per BEV cell and Δt bin: ``[B, T, X, Y]`` with ``T = len(edges) - 1``.
+
+    Args:
+        points: B tensors ``[P_i, >=5]`` (x, y, z, intensity, Δt). edges: increasing Δt bin edges (s);
+            a point with Δt outside ``[edges[0], edges[-1])`` is not counted.
+        point_cloud_range: (xmin, ymin, zmin, xmax, ymax, zmax); points outside it are not counted.
+        shape: ``(X, Y)`` cells over the x / y extent (the BEV layout of :func:`to_bev`).
+    """
+    X, Y = int(shape[0]), int(shape[1])
+    T = len(edges) - 1
+    pr = [float(v) for v in point_cloud_range]
+    out = torch.zeros((len(points), T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
+    e = torch.tensor([float(v) for v in edges], dtype=torch.float64)
+    for b, p in enumerate(points):
+        if p.shape[0] == 0:
+            continue
+        if p.shape[1] < 5:
+            raise ValueError(f"time_raster: points[{b}] has {p.shape[1]} features; Δt is the 5th (x, y, z, "
+                             f"intensity, dt)")
+        q = p.detach().double()
+        ix = torch.floor((q[:, 0] - pr[0]) / (pr[3] - pr[0]) * X).long()
+        iy = torch.floor((q[:, 1] - pr[1]) / (pr[4] - pr[1]) * Y).long()
+        t = torch.bucketize(q[:, 4].contiguous(), e.to(q.device), right=True) - 1
+        ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
+              & (t >= 0) & (t < T))
+        flat = (t[ok] * X + ix[ok]) * Y + iy[ok]
+        out[b].view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float32, device=flat.device))
+    return torch.log1p(out)
