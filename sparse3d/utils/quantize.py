@@ -62,12 +62,10 @@ def _unique_rows(grid: np.ndarray):
     scan. Falls back to ``axis=0`` when the ranges do not fit in 63 bits.
     """
     n, d = grid.shape
-    if n == 0 or d == 0:
-        coords, index, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
-        return coords, index, inverse.reshape(-1)
-    lo = grid.min(axis=0).astype(np.int64)
-    span = grid.max(axis=0).astype(np.int64) - lo + 1
-    if float(np.prod(span.astype(np.float64))) >= 2.0 ** 62:
+    if n:
+        lo = grid.min(axis=0).astype(np.int64)
+        span = grid.max(axis=0).astype(np.int64) - lo + 1
+    if n == 0 or d == 0 or float(np.prod(span.astype(np.float64))) >= 2.0 ** 62:
         coords, index, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
         return coords, index, inverse.reshape(-1)
     key = grid[:, 0].astype(np.int64) - lo[0]

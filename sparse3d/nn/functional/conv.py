@@ -28,7 +28,6 @@ Cin, Cout, dtype) and keeps the faster; deterministic mode disables autotuning.
 from __future__ import annotations
 
 import threading
-
 import time
 from typing import Dict, List, Optional, Sequence
 
