@@ -69,6 +69,8 @@ class SemanticKITTIDataModule:
         instance_paste: ``{"classes": [train ids], "num": 6, "min_points": 20}`` pastes ``num`` objects of
             those classes, cut from the training scans and rotated about the sensor, into every training
             scan (:mod:`sparse3d.datasets.instance_paste`, PolarMix-style); None: off.
+        tta_views: test-time augmentation for validation and ``tools/eval.py``: class probabilities
+            averaged over this many z-rotations of each scan (1: off; see :mod:`sparse3d.datasets.tta`).
     """
 
     def __init__(self, root: Union[str, os.PathLike], synthetic: Optional[Dict[str, Any]] = None,
@@ -79,7 +81,7 @@ class SemanticKITTIDataModule:
                  scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False, jitter: float = 0.0,
                  seed: int = 0, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
                  class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti",
-                 instance_paste: Optional[Dict[str, Any]] = None) -> None:
+                 instance_paste: Optional[Dict[str, Any]] = None, tta_views: int = 1) -> None:
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {voxel_size!r}")
         for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -109,6 +111,9 @@ class SemanticKITTIDataModule:
             raise ValueError(f"miou_convention must be 'semantickitti' or 'nuscenes', got {miou_convention!r}")
         self.miou_convention = miou_convention
         self.instance_paste = dict(instance_paste) if instance_paste else None
+        if not isinstance(tta_views, int) or isinstance(tta_views, bool) or tta_views < 1:
+            raise ValueError(f"tta_views must be an int >= 1, got {tta_views!r}")
+        self.tta_views = tta_views
         if self.instance_paste is not None:
             unknown = set(self.instance_paste) - {"classes", "num", "min_points"}
             if unknown or "classes" not in self.instance_paste:
@@ -169,6 +174,11 @@ class SemanticKITTIDataModule:
         return Compose(ts)
 
     def val_transform(self) -> Compose:
+        """Every point kept; with ``tta_views > 1`` the scan is voxelized in that many z-rotations
+        (:class:`~sparse3d.datasets.tta.RotationViews`; predictions average over them)."""
+        if self.tta_views > 1:
+            from .tta import RotationViews
+            return Compose([RotationViews(self.tta_views, Voxelize(self.voxel_size))])
         return Compose([Voxelize(self.voxel_size)])
 
     def train_dataset(self) -> SemanticKITTI:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..datasets.tta import point_scores
 from ..utils.collate import sparse_collate_fn
 
 __all__ = ["load_model_weights", "collate_with_sizes", "predict_batch", "predict_dataset"]
@@ -86,12 +87,20 @@ def load_model_weights(model: nn.Module, path: PathLike, expected_target: Option
 
 
 def collate_with_sizes(samples: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[int]]:
-    """:func:`sparse3d.sparse_collate_fn` plus the per-sample point counts (``len(lidar_inverse)``)."""
+    """:func:`sparse3d.sparse_collate_fn` plus the per-sample point counts (``len(lidar_inverse)``, or the
+    number of distinct points of ``tta_inverse`` for :class:`~sparse3d.datasets.tta.RotationViews` samples)."""
     for s in samples:
         if "lidar" not in s or "lidar_inverse" not in s:
             raise ValueError("samples must come from Voxelize: keys 'lidar' and 'lidar_inverse' are needed, got "
                              f"{sorted(s)}")
-    return sparse_collate_fn(samples), [len(s["lidar_inverse"]) for s in samples]
+    return sparse_collate_fn(samples), [_num_points(s) for s in samples]
+
+
+def _num_points(sample: Dict[str, Any]) -> int:
+    tta = sample.get("tta_inverse")   # RotationViews: lidar_inverse holds every point once per view
+    if tta is not None:
+        return int(tta.max()) + 1 if len(tta) else 0
+    return len(sample["lidar_inverse"])
 
 
 @torch.no_grad()
@@ -104,15 +113,16 @@ def predict_batch(model: nn.Module, batch: Dict[str, Any], sizes: List[int],
         batch, sizes: output of :func:`collate_with_sizes`.
 
     Returns:
-        One ``[N_i]`` int64 CPU tensor of class ids per sample (voxel argmax through ``lidar_inverse``).
+        One ``[N_i]`` int64 CPU tensor of class ids per sample (voxel argmax through ``lidar_inverse``;
+        for :class:`~sparse3d.datasets.tta.RotationViews` samples the argmax of the view-averaged
+        probabilities, :func:`~sparse3d.datasets.tta.point_scores`).
     """
     x = batch["lidar"].to(device)
     logits = model(x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.feats.shape[0]:
         raise ValueError(f"model must return [N_voxels={x.feats.shape[0]}, num_classes] logits, got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
-    voxel_pred = logits.argmax(1).cpu()
-    point_pred = voxel_pred[batch["lidar_inverse"]]
+    point_pred = point_scores(logits, batch).argmax(1).cpu()
     return list(torch.split(point_pred, sizes))
 
 

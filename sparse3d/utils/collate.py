@@ -19,19 +19,26 @@ def _as_tensor(x):
 
 
 def sparse_collate(tensors: Sequence[SparseTensor]) -> SparseTensor:
-    """Concatenate single-sample SparseTensors (batch index 0 each) into one batch.
+    """Concatenate per-sample SparseTensors into one batch.
 
-    Sample ``i`` gets batch index ``i``; all inputs must share a stride.
+    A single-sample tensor (batch index 0) becomes batch entry ``i`` = the number of entries before it,
+    so plain samples get ``0, 1, 2, ...``; a tensor that already holds ``b`` entries (batch indices
+    ``0..b-1``, e.g. the views of :class:`sparse3d.datasets.tta.RotationViews`) keeps them, shifted by
+    that number. All inputs must share a stride.
     """
     if not tensors:
         raise ValueError("sparse_collate needs at least one tensor")
     stride = tensors[0].stride
-    coords, feats = [], []
+    coords, feats, first = [], [], 0
     for i, t in enumerate(tensors):
         if t.stride != stride:
             raise ValueError(f"sample {i} has stride {t.stride}, expected {stride}")
         c = t.coords.clone()
-        c[:, 0] = i
+        entries = int(c[:, 0].max()) + 1 if len(c) else 1
+        if len(c) and int(c[:, 0].min()) < 0:
+            raise ValueError(f"sample {i} has negative batch indices")
+        c[:, 0] += first
+        first += entries
         coords.append(c)
         feats.append(t.feats)
     return SparseTensor(torch.cat(feats), torch.cat(coords), stride)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...datasets.tta import point_scores
 from ...metrics.segmentation import ConfusionMatrix
 from .. import distributed as D
 
@@ -65,7 +66,8 @@ class SegmentationTask:
         num_classes: number of training classes. ignore_index: target id left out of loss and metrics.
         miou_convention: ``"semantickitti"`` (absent class = 0) or ``"nuscenes"`` (nanmean); the monitored
             ``miou`` uses it.
-        eval_level: ``"point"`` (voxel predictions mapped back to every point through ``lidar_inverse``)
+        eval_level: ``"point"`` (voxel predictions mapped back to every point through ``lidar_inverse``,
+            averaged over the views of :class:`~sparse3d.datasets.tta.RotationViews` batches)
             or ``"voxel"``.
         class_weighting: cross-entropy class weights from the training label counts
             (``datamodule.class_counts()``, read in :meth:`setup`): ``"none"``, ``"inv_sqrt"`` or ``"inv_log"``
@@ -122,11 +124,11 @@ class SegmentationTask:
         ``loader`` (summed over DDP ranks)."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         for batch in loader:
-            pred = model(batch["lidar"]).argmax(1)
+            logits = model(batch["lidar"])
             if self.eval_level == "point" and "lidar_inverse" in batch and "targets_mapped" in batch:
-                cm.update(pred[batch["lidar_inverse"]], batch["targets_mapped"])
+                cm.update(point_scores(logits, batch).argmax(1), batch["targets_mapped"])
             else:
-                cm.update(pred, batch["targets"])
+                cm.update(logits.argmax(1), batch["targets"])
         cm.all_reduce()
         return {"miou": cm.miou(self.miou_convention), "miou_semantickitti": cm.miou("semantickitti"),
                 "miou_present": cm.miou("nuscenes"), "accuracy": cm.accuracy(), "iou": cm.iou(),
