@@ -6,7 +6,8 @@ r"""SemanticKITTI train/val DataLoaders from one config (the synthetic set is ge
 
 Sampling: training uses a ``DistributedSampler`` (also with one process, so the shuffle order
 depends only on ``seed`` and the epoch); under DDP it pads the last round by repeating scans so
-every rank takes the same number of steps (nothing is dropped). Validation shards scans
+every rank takes the same number of steps (nothing is dropped). With ``balance_ranks`` DDP training
+uses a ``BalancedDistributedSampler`` instead (step-mates of similar voxel counts). Validation shards scans
 ``rank::world_size`` without padding, so every scan is scored exactly once.
 """
 from __future__ import annotations
@@ -24,7 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from ..engine import distributed as D
 from ..engine.seed import seed_worker
 from ..utils.collate import sparse_collate_fn
-from .semantic_kitti import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI, raw_to_train, read_labels
+from ..utils.quantize import sparse_quantize
+from .semantic_kitti import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI, raw_to_train, read_labels,
+                             read_points)
 from .synthetic_lidar import ensure_synthetic_kitti
 from .transforms import Compose, RandomFlip, RandomJitter, RandomRotateZ, RandomScale, Voxelize
 
@@ -71,6 +74,9 @@ class SemanticKITTIDataModule:
             scan (:mod:`sparse3d.datasets.instance_paste`, PolarMix-style); None: off.
         tta_views: test-time augmentation for validation and ``tools/eval.py``: class probabilities
             averaged over this many z-rotations of each scan (1: off; see :mod:`sparse3d.datasets.tta`).
+        balance_ranks: under DDP, give the ranks of each step training scans of similar voxel counts
+            (:class:`~sparse3d.datasets.samplers.BalancedDistributedSampler`), so that fewer of them wait
+            for a larger scan; False: ``DistributedSampler``.
     """
 
     def __init__(self, root: Union[str, os.PathLike], synthetic: Optional[Dict[str, Any]] = None,
@@ -81,7 +87,8 @@ class SemanticKITTIDataModule:
                  scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False, jitter: float = 0.0,
                  seed: int = 0, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
                  class_names: Optional[Sequence[str]] = None, miou_convention: str = "semantickitti",
-                 instance_paste: Optional[Dict[str, Any]] = None, tta_views: int = 1) -> None:
+                 instance_paste: Optional[Dict[str, Any]] = None, tta_views: int = 1,
+                 balance_ranks: bool = False) -> None:
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0, got {voxel_size!r}")
         for name, v in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -113,7 +120,7 @@ class SemanticKITTIDataModule:
         self.instance_paste = dict(instance_paste) if instance_paste else None
         if not isinstance(tta_views, int) or isinstance(tta_views, bool) or tta_views < 1:
             raise ValueError(f"tta_views must be an int >= 1, got {tta_views!r}")
-        self.tta_views = tta_views
+        self.tta_views, self.balance_ranks = tta_views, bool(balance_ranks)
         if self.instance_paste is not None:
             unknown = set(self.instance_paste) - {"classes", "num", "min_points"}
             if unknown or "classes" not in self.instance_paste:
@@ -203,6 +210,14 @@ class SemanticKITTIDataModule:
             self._class_counts = counts
         return self._class_counts
 
+    def voxel_counts(self, ds: SemanticKITTI) -> np.ndarray:
+        """``[len(ds)]`` int64 voxel count of every scan of ``ds`` at ``voxel_size`` (no augmentation)."""
+        counts = np.zeros(len(ds.scans), np.int64)
+        for i, (_, bin_path, _) in enumerate(ds.scans):
+            pts = read_points(bin_path)
+            counts[i] = len(sparse_quantize(pts[:, :3], self.voxel_size)) if len(pts) else 0
+        return counts
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds, batch_size: int, sampler: Sampler) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
@@ -215,7 +230,12 @@ class SemanticKITTIDataModule:
             distributed = D.is_distributed()
         ds = self.train_dataset()
         world, rank = (D.get_world_size(), D.get_rank()) if distributed else (1, 0)
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
+        if self.balance_ranks and world > 1:
+            from .samplers import BalancedDistributedSampler
+            sampler = BalancedDistributedSampler(self.voxel_counts(ds), world, rank, self.batch_size, self.seed)
+        else:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=False)
         return self._loader(ds, self.batch_size, sampler)
 
     def val_dataloader(self, distributed: Optional[bool] = None) -> DataLoader:
