@@ -350,3 +350,64 @@ def test_overfit_recovers_boxes():
     assert (dist.min(1).values < 0.8).all(), dist
     assert out["labels"].tolist() == labels[match].tolist()
     assert (out["scores"] > 0).all()
+
+
+# ---------------------------------------------------------------- dense (CenterPoint-style) rot / vel branches
+def test_dense_branches_read_the_proposal_cell_and_targets_match_brute_force():
+    head = tiny_head(dense_keys=["vel", "rot"], dense_radius=1).train()
+    assert not hasattr(head.prediction_head, "vel") and not hasattr(head.prediction_head, "rot")
+    preds = head(torch.randn(2, 8, 24, 16))
+    dense = preds["dense_reg"]
+    assert dense.shape == (2, 4, 24, 16)
+    pos = preds["query_pos"].floor().long()   # the proposal cell of every query
+    for b in range(2):
+        cell = dense[b][:, pos[b, :, 0], pos[b, :, 1]]   # [4, P]
+        torch.testing.assert_close(preds["vel"][b], cell[:2])
+        torch.testing.assert_close(preds["rot"][b], cell[2:])
+    # targets: brute force over all cells (Chebyshev distance <= 1 from the centre cell; non-square grid)
+    t, w = head.dense_target(GT)
+    codes = head.bbox_coder.encode(GT)
+    cells = head.bbox_coder.to_cells(GT[:, :2]).floor().long()
+    ref_t, ref_w = torch.zeros(4, 24, 16), torch.zeros(24, 16)
+    for ix in range(24):
+        for iy in range(16):
+            for m in range(len(GT)):
+                if max(abs(ix - int(cells[m, 0])), abs(iy - int(cells[m, 1]))) <= 1:
+                    ref_t[:, ix, iy] = torch.cat([codes[m, 8:10], codes[m, 6:8]])
+                    ref_w[ix, iy] = 1.0
+    torch.testing.assert_close(t, ref_t)
+    assert torch.equal(w, ref_w) and int(w.sum()) == 27
+    losses = head.loss(preds, [GT, GT[:0]], [GT_LABELS, GT_LABELS[:0]])
+    ref = ((dense[0] - t).abs() * w).sum() / (w.sum() * 4)
+    torch.testing.assert_close(losses["loss_dense"], ref)
+    total(losses).backward()
+    assert head.dense_head[0].weight.grad.abs().sum() > 0
+    # radius 0: only the centre cells; boxes outside the grid draw nothing
+    t0, w0 = tiny_head(dense_keys=["vel"], dense_radius=0).dense_target(
+        torch.cat([GT, torch.tensor([[50.0, 50.0, 0, 4, 2, 1.5, 0, 1, 1]])]))
+    assert int(w0.sum()) == 3 and t0.shape == (2, 24, 16)
+    # get_bboxes decodes the dense velocity of the proposal cell
+    out = head.eval().get_bboxes(head(torch.randn(1, 8, 24, 16)), max_num=500)
+    assert out[0]["boxes"].shape[1] == 9
+
+
+def test_dense_branch_fits_velocity_and_bad_args():
+    torch.manual_seed(0)
+    head = tiny_head(dense_keys=["vel"], dense_weight=1.0).train()
+    bev = torch.randn(1, 8, 24, 16)
+    opt = torch.optim.Adam(head.parameters(), 3e-3)
+    for _ in range(150):
+        losses = head.loss(head(bev), [GT], [GT_LABELS])
+        opt.zero_grad()
+        total(losses).backward()
+        opt.step()
+    t, w = head.dense_target(GT)
+    dense = head(bev)["dense_reg"]
+    err = ((dense - t).abs() * w).sum() / w.sum() / 2
+    assert err < 0.2, err   # GT velocities are up to 3 m/s
+    with pytest.raises(ValueError, match="dense_keys"):
+        tiny_head(dense_keys=["center"])
+    with pytest.raises(ValueError, match="dense_keys"):
+        tiny_head(dense_keys=["vel", "vel"])
+    with pytest.raises(ValueError, match="dense_radius"):
+        tiny_head(dense_keys=["vel"], dense_radius=-1)

@@ -111,6 +111,11 @@ class TransFusionHead(nn.Module):
         loss_cls_weight, loss_bbox_weight, loss_heatmap_weight: upstream 1.0, 0.25, 1.0.
         focal_alpha, focal_gamma: classification focal loss (0.25, 2).
         gaussian_overlap, min_radius: heatmap target (0.1, 2).
+        dense_keys: regression branches (a subset of ``("rot", "vel")``) predicted CenterPoint-style on the
+            dense BEV map instead of per query: a conv branch on the shared features gives ``[B, 2, X, Y]`` per key,
+            trained by an L1 loss (``dense_weight``) on every cell within ``dense_radius`` cells (Chebyshev) of a GT
+            centre, ~9x more supervised cells than matched queries; each query reads the cell of its proposal, so
+            the matched-query L1 trains the same branch. Default ``()``: upstream (all branches per query).
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -120,7 +125,8 @@ class TransFusionHead(nn.Module):
                  code_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
-                 min_radius: int = 2):
+                 min_radius: int = 2, dense_keys: Sequence[str] = (), dense_weight: float = 1.0,
+                 dense_radius: int = 1):
         super().__init__()
         if not isinstance(bbox_coder, TransFusionBBoxCoder):
             raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
@@ -157,8 +163,20 @@ class TransFusionHead(nn.Module):
         for p in self.decoder.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        self.dense_keys = [str(k) for k in dense_keys]
+        if any(k not in ("rot", "vel") for k in self.dense_keys) or len(set(self.dense_keys)) != len(self.dense_keys):
+            raise ValueError(f"dense_keys must be distinct names from ('rot', 'vel'), got {list(dense_keys)}")
+        if not dense_weight >= 0 or int(dense_radius) != dense_radius or dense_radius < 0:
+            raise ValueError(f"need dense_weight >= 0 and an int dense_radius >= 0, got {dense_weight}, {dense_radius}")
+        self.dense_weight, self.dense_radius = float(dense_weight), int(dense_radius)
         heads = dict(center=2, height=1, dim=3, rot=2, vel=2, heatmap=num_classes)
+        for k in self.dense_keys:
+            del heads[k]
         self.prediction_head = PredictionHead(hidden_channels, heads, head_channels)
+        if self.dense_keys:
+            self.dense_head = nn.Sequential(
+                nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1, bias=False), nn.BatchNorm2d(hidden_channels),
+                nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, 2 * len(self.dense_keys), 1))
 
     # ------------------------------------------------------------------ forward
     @staticmethod
@@ -178,6 +196,7 @@ class TransFusionHead(nn.Module):
             ``rot [B, 2, P]`` (sin, cos), ``vel [B, 2, P]``, ``heatmap [B, C, P]`` (class logits),
             ``query_heatmap_score [B, C, P]`` (local-max heatmap at the proposals), ``query_labels [B, P]`` int64,
             ``query_pos [B, P, 2]`` and ``dense_heatmap [B, C, X, Y]`` (logits); ``P = min(num_proposals, C*X*Y)``.
+            With ``dense_keys`` also ``dense_reg [B, 2 * len(dense_keys), X, Y]`` (those branches read from it).
         """
         if not isinstance(bev, torch.Tensor) or bev.ndim != 4:
             raise ValueError(f"bev must be a [B, C, X, Y] tensor, got {getattr(bev, 'shape', type(bev))}")
@@ -212,6 +231,12 @@ class TransFusionHead(nn.Module):
         query = self.decoder(query, flat, query_pos, bev_pos)
         preds = self.prediction_head(query)
         preds["center"] = preds["center"] + query_pos.transpose(1, 2)
+        if self.dense_keys:
+            dense = self.dense_head(feat)   # [B, 2 * len(dense_keys), X, Y]
+            at_query = dense.flatten(2).gather(2, index[:, None, :].expand(-1, dense.shape[1], -1))
+            for i, k in enumerate(self.dense_keys):
+                preds[k] = at_query[:, 2 * i:2 * i + 2]
+            preds["dense_reg"] = dense
         preds["query_heatmap_score"] = heat.gather(2, index[:, None, :].expand(-1, self.num_classes, -1))
         preds["query_labels"] = labels
         preds["query_pos"] = query_pos
@@ -240,6 +265,28 @@ class TransFusionHead(nn.Module):
             draw_heatmap_gaussian(heat[label], (ix, iy), radius)
         return heat
 
+    def dense_target(self, gt_boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets of the dense branches: ``([2 * len(dense_keys), X, Y]`` codes, ``[X, Y]`` 0/1 weights) with each
+        GT's (sin, cos) / (vx, vy) on every cell within ``dense_radius`` of its centre cell (centres outside the
+        grid skipped; where boxes overlap, the later box wins)."""
+        size_x, size_y = self.bbox_coder.grid_size
+        target = gt_boxes.new_zeros((2 * len(self.dense_keys), size_x, size_y))
+        weight = gt_boxes.new_zeros((size_x, size_y))
+        if len(gt_boxes) == 0:
+            return target, weight
+        codes = self.bbox_coder.encode(gt_boxes.detach())
+        cols = {"rot": slice(6, 8), "vel": slice(8, 10)}
+        vals = torch.cat([codes[:, cols[k]] for k in self.dense_keys], 1)   # [M, 2 * len(dense_keys)]
+        cells = self.bbox_coder.to_cells(gt_boxes[:, :2].detach().float()).floor().long().tolist()
+        r = self.dense_radius
+        for (ix, iy), v in zip(cells, vals):
+            if not (0 <= ix < size_x and 0 <= iy < size_y):
+                continue
+            x0, x1, y0, y1 = max(ix - r, 0), min(ix + r + 1, size_x), max(iy - r, 0), min(iy + r + 1, size_y)
+            target[:, x0:x1, y0:y1] = v[:, None, None]
+            weight[x0:x1, y0:y1] = 1.0
+        return target, weight
+
     def _check_targets(self, gt_boxes, gt_labels, batch: int):
         if not isinstance(gt_boxes, (list, tuple)) or len(gt_boxes) != batch:
             raise ValueError(f"gt_boxes must be a list of {batch} tensors [M_i, 9], got {type(gt_boxes).__name__}"
@@ -262,7 +309,8 @@ class TransFusionHead(nn.Module):
             gt_boxes: list of B float tensors ``[M_i, 9]`` (x, y, z, l, w, h, yaw, vx, vy), LiDAR frame.
             gt_labels: list of B int64 tensors ``[M_i]`` in ``[0, num_classes)``.
         Returns:
-            ``loss_heatmap``, ``loss_cls``, ``loss_bbox`` (scalars to sum: every key starting with ``loss``) and
+            ``loss_heatmap``, ``loss_cls``, ``loss_bbox``, with ``dense_keys`` ``loss_dense`` (scalars to sum: every
+            key starting with ``loss``) and
             ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
         """
         dense = preds["dense_heatmap"]
@@ -299,8 +347,14 @@ class TransFusionHead(nn.Module):
         weights = bbox_weights * self.code_weights.to(codes.dtype)
         loss_bbox = weighted_l1_loss(codes, bbox_targets, weights, avg_factor=num_pos)
         matched = torch.cat(ious).mean() if ious else codes.new_zeros(())
-        return {"loss_heatmap": self.loss_heatmap_weight * loss_heatmap, "loss_cls": self.loss_cls_weight * loss_cls,
-                "loss_bbox": self.loss_bbox_weight * loss_bbox, "matched_ious": matched.detach()}
+        out = {"loss_heatmap": self.loss_heatmap_weight * loss_heatmap, "loss_cls": self.loss_cls_weight * loss_cls,
+               "loss_bbox": self.loss_bbox_weight * loss_bbox, "matched_ious": matched.detach()}
+        if self.dense_keys:
+            dense = preds["dense_reg"]
+            tw = [self.dense_target(gt_boxes[b].to(dense.device, dense.dtype)) for b in range(batch)]
+            t, w = torch.stack([a for a, _ in tw]), torch.stack([b for _, b in tw])[:, None]
+            out["loss_dense"] = self.dense_weight * ((dense - t).abs() * w).sum() / max(float(w.sum()) * t.shape[1], 1.0)
+        return out
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
