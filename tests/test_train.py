@@ -145,7 +145,10 @@ def test_data_module_loaders(tiny_root):
     b = next(iter(vl))
     assert isinstance(b["lidar"], SparseTensor) and b["lidar"].feats.shape[1] == 4
     assert len(b["targets"]) == len(b["lidar"].feats)
-    assert len(b["targets_mapped"]) == len(b["lidar_inverse"])  # every point of the val scan
+    views = cfg.dataset.tta_views   # the default experiment validates on 6 rotated views of each scan
+    assert views == 6 and b["lidar"].coords[:, 0].unique().tolist() == list(range(views))
+    assert len(b["lidar_inverse"]) == views * len(b["targets_mapped"])  # every point of the val scan, per view
+    assert int(b["tta_inverse"].max()) + 1 == len(b["targets_mapped"])
     assert int(b["lidar_inverse"].max()) < len(b["lidar"].feats)
 
 

@@ -26,8 +26,7 @@ from ..engine import distributed as D
 from ..engine.seed import seed_worker
 from ..utils.collate import sparse_collate_fn
 from ..utils.quantize import sparse_quantize
-from .semantic_kitti import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI, raw_to_train, read_labels,
-                             read_points)
+from .semantic_kitti import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SPLITS, SemanticKITTI, raw_to_train, read_labels
 from .synthetic_lidar import ensure_synthetic_kitti
 from .transforms import Compose, RandomFlip, RandomJitter, RandomRotateZ, RandomScale, Voxelize
 
@@ -210,11 +209,12 @@ class SemanticKITTIDataModule:
             self._class_counts = counts
         return self._class_counts
 
-    def voxel_counts(self, ds: SemanticKITTI) -> np.ndarray:
-        """``[len(ds)]`` int64 voxel count of every scan of ``ds`` at ``voxel_size`` (no augmentation)."""
-        counts = np.zeros(len(ds.scans), np.int64)
-        for i, (_, bin_path, _) in enumerate(ds.scans):
-            pts = read_points(bin_path)
+    def voxel_counts(self, ds) -> np.ndarray:
+        """``[len(ds)]`` int64 voxel count of every scan of ``ds`` (a dataset with ``read(i) -> {"points"}``) at
+        ``voxel_size``, without augmentation. Reads every scan once (~0.03 s per 120k-point scan)."""
+        counts = np.zeros(len(ds), np.int64)
+        for i in range(len(ds)):
+            pts = ds.read(i)["points"]
             counts[i] = len(sparse_quantize(pts[:, :3], self.voxel_size)) if len(pts) else 0
         return counts
 

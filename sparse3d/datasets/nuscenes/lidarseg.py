@@ -132,13 +132,14 @@ class NuScenesLidarSegDataModule(SemanticKITTIDataModule):
                  max_voxels: Optional[int] = None, batch_size: int = 2, val_batch_size: int = 1, num_workers: int = 0,
                  rotate: bool = True, scale: Optional[Sequence[float]] = (0.95, 1.05), flip: bool = False,
                  jitter: float = 0.0, seed: int = 0, miou_convention: str = "nuscenes", num_classes: int = 16,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+                 ignore_index: int = IGNORE_INDEX, tta_views: int = 1, balance_ranks: bool = False) -> None:
         if (int(num_classes), int(ignore_index)) != (len(LIDARSEG_TRAIN_CLASSES), IGNORE_INDEX):
             raise ValueError(f"nuScenes-lidarseg has 16 classes with ignore 255, got num_classes={num_classes}, "
                              f"ignore_index={ignore_index}")
         super().__init__(root, None, None, None, voxel_size, max_voxels, batch_size, val_batch_size, num_workers,
                          rotate, scale, flip, jitter, seed, num_classes=len(LIDARSEG_TRAIN_CLASSES),
-                         ignore_index=IGNORE_INDEX, class_names=LIDARSEG_TRAIN_CLASSES, miou_convention=miou_convention)
+                         ignore_index=IGNORE_INDEX, class_names=LIDARSEG_TRAIN_CLASSES, miou_convention=miou_convention,
+                         tta_views=tta_views, balance_ranks=balance_ranks)
         self.nus_synthetic = dict(synthetic) if synthetic is not None else None
         self.version, self.train_split, self.val_split = version, train_split, val_split
 
