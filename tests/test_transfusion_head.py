@@ -411,3 +411,11 @@ def test_dense_branch_fits_velocity_and_bad_args():
         tiny_head(dense_keys=["vel", "vel"])
     with pytest.raises(ValueError, match="dense_radius"):
         tiny_head(dense_keys=["vel"], dense_radius=-1)
+    with pytest.raises(ValueError, match="dense_loss"):
+        tiny_head(dense_keys=["vel"], dense_loss="huber")
+    # l2: the squared-error formula
+    h2 = tiny_head(dense_keys=["vel"], dense_loss="l2", dense_weight=0.5)
+    p2 = h2(bev)
+    t2, w2 = h2.dense_target(GT)
+    ref = 0.5 * ((p2["dense_reg"][0] - t2).square() * w2).sum() / (w2.sum() * 2)
+    torch.testing.assert_close(h2.loss(p2, [GT], [GT_LABELS])["loss_dense"], ref)

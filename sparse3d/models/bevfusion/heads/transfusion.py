@@ -116,6 +116,8 @@ class TransFusionHead(nn.Module):
             trained by an L1 loss (``dense_weight``) on every cell within ``dense_radius`` cells (Chebyshev) of a GT
             centre, ~9x more supervised cells than matched queries; each query reads the cell of its proposal, so
             the matched-query L1 trains the same branch. Default ``()``: upstream (all branches per query).
+            ``dense_loss``: ``"l1"`` or ``"l2"`` (squared error; its optimum is the mean, not the median, so a
+            mostly static scene does not pull every velocity to 0 the way L1 does).
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -126,7 +128,7 @@ class TransFusionHead(nn.Module):
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
                  min_radius: int = 2, dense_keys: Sequence[str] = (), dense_weight: float = 1.0,
-                 dense_radius: int = 1):
+                 dense_radius: int = 1, dense_loss: str = "l1"):
         super().__init__()
         if not isinstance(bbox_coder, TransFusionBBoxCoder):
             raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
@@ -168,7 +170,9 @@ class TransFusionHead(nn.Module):
             raise ValueError(f"dense_keys must be distinct names from ('rot', 'vel'), got {list(dense_keys)}")
         if not dense_weight >= 0 or int(dense_radius) != dense_radius or dense_radius < 0:
             raise ValueError(f"need dense_weight >= 0 and an int dense_radius >= 0, got {dense_weight}, {dense_radius}")
-        self.dense_weight, self.dense_radius = float(dense_weight), int(dense_radius)
+        if dense_loss not in ("l1", "l2"):
+            raise ValueError(f"dense_loss must be 'l1' or 'l2', got {dense_loss!r}")
+        self.dense_weight, self.dense_radius, self.dense_loss = float(dense_weight), int(dense_radius), dense_loss
         heads = dict(center=2, height=1, dim=3, rot=2, vel=2, heatmap=num_classes)
         for k in self.dense_keys:
             del heads[k]
@@ -353,7 +357,8 @@ class TransFusionHead(nn.Module):
             dense = preds["dense_reg"]
             tw = [self.dense_target(gt_boxes[b].to(dense.device, dense.dtype)) for b in range(batch)]
             t, w = torch.stack([a for a, _ in tw]), torch.stack([b for _, b in tw])[:, None]
-            out["loss_dense"] = self.dense_weight * ((dense - t).abs() * w).sum() / max(float(w.sum()) * t.shape[1], 1.0)
+            err = (dense - t).abs() if self.dense_loss == "l1" else (dense - t).square()
+            out["loss_dense"] = self.dense_weight * (err * w).sum() / max(float(w.sum()) * t.shape[1], 1.0)
         return out
 
     # ------------------------------------------------------------------ inference
