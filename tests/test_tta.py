@@ -177,3 +177,12 @@ def test_datamodule_validation_averages_views(tiny_root):
     assert type(plain.val_transform().transforms[0]) is Voxelize
     with pytest.raises(ValueError, match="tta_views"):
         SemanticKITTIDataModule(tiny_root, tta_views=0)
+
+
+def test_sparse_collate_shifts_multi_entry_samples():
+    from sparse3d import sparse_collate
+    a = SparseTensor(torch.ones(3, 1), torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [1, 2, 0, 0]], dtype=torch.int32))
+    b = SparseTensor(torch.ones(1, 1), torch.tensor([[0, 5, 5, 5]], dtype=torch.int32))
+    assert sparse_collate([b, a, b]).coords[:, 0].tolist() == [0, 1, 2, 2, 3]
+    with pytest.raises(ValueError, match="batch index"):   # SparseTensor itself rejects negative batch indices
+        SparseTensor(torch.ones(1, 1), torch.tensor([[-1, 0, 0, 0]], dtype=torch.int32))

@@ -35,8 +35,6 @@ def sparse_collate(tensors: Sequence[SparseTensor]) -> SparseTensor:
             raise ValueError(f"sample {i} has stride {t.stride}, expected {stride}")
         c = t.coords.clone()
         entries = int(c[:, 0].max()) + 1 if len(c) else 1
-        if len(c) and int(c[:, 0].min()) < 0:
-            raise ValueError(f"sample {i} has negative batch indices")
         c[:, 0] += first
         first += entries
         coords.append(c)
