@@ -178,6 +178,19 @@ def test_perfect_predictions_score_one(dm, tmp_path):
     assert "NDS 1.0000" in text or "NDS 0.999" in text
 
 
+def test_perfect_predictions_custom_split_beyond_mini(tmp_path):
+    """A v1.0-mini set with more than 8 + 2 scenes, scored on its splits.json val split (devkit >= 1.2): the
+    extra scenes take part in the evaluation and perfect predictions still score 1."""
+    from sparse3d.datasets.nuscenes.module import ensure_nuscenes_synth
+    root = ensure_nuscenes_synth(tmp_path / "many", seed=5, n_scenes=13, n_val=3, n_keyframes=2, n_sweeps=0,
+                                 image_size=(96, 54), azimuth_steps=180, n_objects=12)
+    big = make_dm(root, train_split="synth_train", val_split="synth_val")
+    scenes = {big.loader.nusc.get("sample", t)["scene_token"] for t in big.loader.split_tokens("synth_val")}
+    assert len(scenes) == 3 and len(big.loader.split_tokens("synth_train")) == 20
+    m = run_detection_eval(big.loader.nusc, _perfect_submission(big, tmp_path), "synth_val", tmp_path / "eval")
+    assert m["mAP"] > 0.999 and m["NDS"] > 0.999, m
+
+
 def test_default_attributes_and_lost_augmentation_score_lower(dm, tmp_path):
     m = run_detection_eval(dm.loader.nusc, _perfect_submission(dm, tmp_path / "a", gt_attributes=False),
                            "mini_val", tmp_path / "eval_a")

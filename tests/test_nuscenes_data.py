@@ -99,6 +99,21 @@ def test_scene_names_fit_devkit_splits(nusc, loader):
         loader.split_tokens("no_such_split")
 
 
+def test_scene_names_beyond_mini():
+    """v1.0-mini with more than 8 + 2 scenes: mini names first, then distinct train/val names that are no mini
+    scenes, so mini_train/mini_val select the first 10 and splits.json the rest."""
+    from sparse3d.datasets.nuscenes import scene_names
+    splits = nus_splits.create_splits_scenes()
+    mini = set(splits["mini_train"]) | set(splits["mini_val"])
+    train, val = scene_names("v1.0-mini", 48, 10)
+    assert (len(train), len(val)) == (38, 10) and len(set(train) | set(val)) == 48
+    assert train[:8] == list(splits["mini_train"]) and val[:2] == list(splits["mini_val"])
+    assert set(train[8:]) <= set(splits["train"]) - mini and set(val[2:]) <= set(splits["val"]) - mini
+    assert scene_names("v1.0-mini", 10, 2) == (list(splits["mini_train"]), list(splits["mini_val"]))
+    with pytest.raises(ValueError, match="does not fit"):
+        scene_names("v1.0-mini", 10 ** 4, 10)
+
+
 def test_annotations_classes_attributes_visibility(nusc):
     from nuscenes.eval.detection.utils import category_to_detection_name
     names = {category_to_detection_name(a["category_name"]) for a in nusc.sample_annotation}

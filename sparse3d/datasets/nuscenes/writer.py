@@ -35,14 +35,18 @@ WRITER_VERSION = 2
 
 def scene_names(version: str, n_scenes: int, n_val: int | None = None) -> tuple[list[str], list[str]]:
     """Scene names taken from the devkit's split lists so its predefined splits select them: ``v1.0-mini`` uses
-    ``mini_train``/``mini_val`` (at most 8 + 2), ``v1.0-trainval`` uses ``train``/``val``."""
+    ``mini_train``/``mini_val`` for its first 8 + 2 scenes and continues with the ``train``/``val`` names that are
+    not mini scenes (so ``mini_train``/``mini_val`` select the first 10, and the ``splits.json`` keys
+    ``synth_train``/``synth_val`` select all), ``v1.0-trainval`` uses ``train``/``val``."""
     from nuscenes.utils import splits
 
     if n_val is None:
         n_val = max(1, int(round(0.2 * n_scenes))) if n_scenes > 1 else 0
     n_train = n_scenes - n_val
     if version == "v1.0-mini":
-        train, val = splits.mini_train, splits.mini_val
+        mini = set(splits.mini_train) | set(splits.mini_val)
+        train = list(splits.mini_train) + [n for n in splits.train if n not in mini]
+        val = list(splits.mini_val) + [n for n in splits.val if n not in mini]
     elif version == "v1.0-trainval":
         train, val = splits.train, splits.val
     else:
@@ -96,7 +100,8 @@ def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 10, n_keyframes: in
     Args:
         out: dataroot to create.
         seed: every random choice derives from it.
-        n_scenes: scenes (v1.0-mini: at most 10, named after the devkit's ``mini_train``/``mini_val``).
+        n_scenes: scenes (v1.0-mini: the first 8 + 2 named after the devkit's ``mini_train``/``mini_val``,
+            the rest after ``train``/``val`` scenes; ``splits.json`` lists them all).
         n_keyframes: keyframes (samples) per scene, 0.5 s apart.
         n_sweeps: LiDAR sweeps before each keyframe, 0.05 s apart (``sweeps/LIDAR_TOP``).
         image_size: ``(W, H)`` of the 6 camera images.

@@ -12,6 +12,8 @@ r"""BEVFusion composition (``mmdet3d/models/fusion_models/bevfusion.py``): encod
   (camera-only / LiDAR-only are the same class with one encoder);
 - ``decoder``: a module, or a mapping of ``backbone`` (``SECOND``: map -> list) and ``neck`` (``SECONDFPN``: list ->
   map);
+- ``motion``: optional ``forward(points) -> [B, C, X, Y]`` motion features (``MotionEncoder``) passed to the object
+  head as ``head(features, motion=...)`` (its dense velocity branch, ``TransFusionHead(motion_channels=C)``);
 - ``heads``: ``object`` (``TransFusionHead``: ``forward``, ``loss(preds, gt_boxes, gt_labels)``, ``get_bboxes``) and/or
   ``map`` (``BEVSegmentationHead``: ``forward``, ``loss(logits, gt_masks)``, ``predict``).
 
@@ -57,6 +59,7 @@ class BEVFusion(nn.Module):
         bn_momentum: if given, the running-statistics momentum of every BatchNorm (dense and sparse) in the model.
             mmdet3d's 0.01 suits upstream's ~70k iterations; short runs (the tiny configs: a few hundred steps)
             need 0.1, or the eval-mode statistics still lag far behind the weights.
+        motion: optional motion-feature module for the object head's velocity branch (see the module docstring).
         init_from: a checkpoint (a trainer checkpoint with a ``model`` entry, or a bare state dict) whose tensors
             initialize every parameter / buffer of the same name and shape (see :meth:`load_matching`). Upstream
             BEVFusion trains the fusion model from a LiDAR-only checkpoint: its LiDAR encoder, decoder and heads
@@ -66,7 +69,7 @@ class BEVFusion(nn.Module):
     def __init__(self, encoders: Mapping[str, Any], fuser: Optional[nn.Module] = None, decoder: Any = None,
                  heads: Optional[Mapping[str, Any]] = None, loss_scale: Optional[Mapping[str, float]] = None,
                  score_threshold: float = 0.0, max_boxes: int = 500, bn_momentum: Optional[float] = None,
-                 init_from: Optional[str] = None) -> None:
+                 init_from: Optional[str] = None, motion: Optional[nn.Module] = None) -> None:
         super().__init__()
         if not isinstance(encoders, Mapping) or not encoders:
             raise ValueError("encoders must be a non-empty mapping with keys 'camera' and/or 'lidar'")
@@ -98,6 +101,9 @@ class BEVFusion(nn.Module):
         self.heads = nn.ModuleDict({k: v for k, v in heads.items() if v is not None})
         if not len(self.heads):
             raise ValueError("heads must configure at least one of 'object' and 'map'")
+        if motion is not None and "object" not in self.heads:
+            raise ValueError("motion features feed the object head; this model has none")
+        self.motion = motion
         self.loss_scale = {k: float(v) for k, v in (loss_scale or {}).items()}
         self.score_threshold, self.max_boxes = float(score_threshold), int(max_boxes)
         if bn_momentum is not None:
@@ -207,7 +213,10 @@ class BEVFusion(nn.Module):
         x = self.decode(bev)
         out: Dict[str, Any] = {"bev": bev, "features": x}
         for name, head in self.heads.items():
-            out[name] = head(x)
+            if name == "object" and self.motion is not None:
+                out[name] = head(x, motion=self.motion(batch["points"]))
+            else:
+                out[name] = head(x)
         return out
 
     def loss(self, outputs: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:

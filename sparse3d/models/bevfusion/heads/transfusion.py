@@ -118,6 +118,11 @@ class TransFusionHead(nn.Module):
             the matched-query L1 trains the same branch. Default ``()``: upstream (all branches per query).
             ``dense_loss``: ``"l1"`` or ``"l2"`` (squared error; its optimum is the mean, not the median, so a
             mostly static scene does not pull every velocity to 0 the way L1 does).
+        motion_channels: with ``"vel"`` in ``dense_keys``, the dense velocity branch reads a separate motion
+            feature map ``[B, motion_channels, X, Y]`` (``forward(bev, motion=...)``, e.g. from
+            :class:`~sparse3d.models.bevfusion.lidar.MotionEncoder`) next to the *detached* shared features, so
+            the velocity loss trains only the motion features and this branch, not the detection trunk.
+            0 (default): the velocity branch reads the shared features.
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -128,7 +133,7 @@ class TransFusionHead(nn.Module):
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
                  min_radius: int = 2, dense_keys: Sequence[str] = (), dense_weight: float = 1.0,
-                 dense_radius: int = 1, dense_loss: str = "l1"):
+                 dense_radius: int = 1, dense_loss: str = "l1", motion_channels: int = 0):
         super().__init__()
         if not isinstance(bbox_coder, TransFusionBBoxCoder):
             raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
@@ -177,10 +182,22 @@ class TransFusionHead(nn.Module):
         for k in self.dense_keys:
             del heads[k]
         self.prediction_head = PredictionHead(hidden_channels, heads, head_channels)
-        if self.dense_keys:
+        if int(motion_channels) != motion_channels or motion_channels < 0:
+            raise ValueError(f"motion_channels must be an int >= 0, got {motion_channels!r}")
+        if motion_channels and "vel" not in self.dense_keys:
+            raise ValueError("motion_channels needs 'vel' in dense_keys (the motion features feed the dense "
+                             "velocity branch)")
+        self.motion_channels = int(motion_channels)
+        shared_keys = [k for k in self.dense_keys if not (k == "vel" and self.motion_channels)]
+        if shared_keys:
             self.dense_head = nn.Sequential(
                 nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1, bias=False), nn.BatchNorm2d(hidden_channels),
-                nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, 2 * len(self.dense_keys), 1))
+                nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, 2 * len(shared_keys), 1))
+        if self.motion_channels:
+            cin = self.motion_channels + hidden_channels
+            self.motion_head = nn.Sequential(
+                nn.Conv2d(cin, hidden_channels, 3, padding=1, bias=False), nn.BatchNorm2d(hidden_channels),
+                nn.ReLU(inplace=True), nn.Conv2d(hidden_channels, 2, 1))
 
     # ------------------------------------------------------------------ forward
     @staticmethod
@@ -190,11 +207,12 @@ class TransFusionHead(nn.Module):
                                 torch.arange(size_y, device=device, dtype=dtype), indexing="ij")
         return torch.stack([gx, gy], -1).reshape(1, -1, 2) + 0.5
 
-    def forward(self, bev: torch.Tensor) -> dict:
+    def forward(self, bev: torch.Tensor, motion: torch.Tensor | None = None) -> dict:
         """Predict boxes for a BEV map.
 
         Args:
             bev: ``[B, in_channels, X, Y]`` float, ``(X, Y) == bbox_coder.grid_size``.
+            motion: ``[B, motion_channels, X, Y]`` motion features (required iff ``motion_channels``).
         Returns:
             dict with ``center [B, 2, P]`` (cell units), ``height [B, 1, P]``, ``dim [B, 3, P]`` (log),
             ``rot [B, 2, P]`` (sin, cos), ``vel [B, 2, P]``, ``heatmap [B, C, P]`` (class logits),
@@ -211,6 +229,12 @@ class TransFusionHead(nn.Module):
             raise ValueError(f"bev grid {tuple(bev.shape[2:])} does not match bbox_coder.grid_size "
                              f"{self.bbox_coder.grid_size} (pc_range / (voxel_size * out_size_factor))")
         batch, _, size_x, size_y = bev.shape
+        if self.motion_channels:
+            if not isinstance(motion, torch.Tensor) or motion.shape != (batch, self.motion_channels, size_x, size_y):
+                raise ValueError(f"motion must be a [{batch}, {self.motion_channels}, {size_x}, {size_y}] tensor "
+                                 f"(motion_channels), got {getattr(motion, 'shape', type(motion))}")
+        elif motion is not None:
+            raise ValueError("motion features given but the head was built with motion_channels=0")
         feat = self.shared_conv(bev)
         flat = feat.flatten(2)  # [B, H, X*Y]
         bev_pos = self.bev_pos(size_x, size_y, bev.device, feat.dtype).expand(batch, -1, -1)
@@ -236,7 +260,14 @@ class TransFusionHead(nn.Module):
         preds = self.prediction_head(query)
         preds["center"] = preds["center"] + query_pos.transpose(1, 2)
         if self.dense_keys:
-            dense = self.dense_head(feat)   # [B, 2 * len(dense_keys), X, Y]
+            parts = {}
+            if self.motion_channels:
+                parts["vel"] = self.motion_head(torch.cat([motion.to(feat.dtype), feat.detach()], 1))
+            rest = [k for k in self.dense_keys if k not in parts]
+            if rest:
+                shared = self.dense_head(feat)
+                parts.update({k: shared[:, 2 * i:2 * i + 2] for i, k in enumerate(rest)})
+            dense = torch.cat([parts[k] for k in self.dense_keys], 1)   # [B, 2 * len(dense_keys), X, Y]
             at_query = dense.flatten(2).gather(2, index[:, None, :].expand(-1, dense.shape[1], -1))
             for i, k in enumerate(self.dense_keys):
                 preds[k] = at_query[:, 2 * i:2 * i + 2]
