@@ -303,7 +303,7 @@ def _synth_overrides(root):
            "dataset.resize_lim=[0.6,0.7]", "dataset.map_xbound=[-25.0,25.0,0.5]", "dataset.map_ybound=[-25.0,25.0,0.5]"]
     for k, v in TINY.items():
         out.append(f"dataset.synthetic.{k}=" + (f"[{v[0]},{v[1]}]" if isinstance(v, tuple) else str(v)))
-    return out
+    return out + ["dataset.synthetic.n_val=1"]   # TINY: 1 train + 1 val scene
 
 
 SMALL_LIDAR = ["model.encoders.lidar.backbone.output_channels=8", "model.encoders.lidar.backbone.base_channels=8",

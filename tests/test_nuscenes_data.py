@@ -461,7 +461,7 @@ def test_cli_writes_and_refuses_foreign_folder(tmp_path, capsys):
 
 def test_writer_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="v1.0-mini"):
-        write_nuscenes_synth(tmp_path / "x", n_scenes=11)
+        write_nuscenes_synth(tmp_path / "x", n_scenes=1000)  # 200 val scenes > 150 names
     with pytest.raises(ValueError, match="version"):
         write_nuscenes_synth(tmp_path / "x", version="v2.0")
     with pytest.raises(ValueError, match="image_size"):

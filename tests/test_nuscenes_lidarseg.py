@@ -91,14 +91,14 @@ def test_eval_writes_valid_lidarseg_submission(nus_root, tmp_path):
                         f"dataset.root={nus_root}", "dataset.synthetic=null", "dataset.voxel_size=0.2",
                         f"output_dir={out}", "progress=false", "render.enabled=false"])
     res = load_tool().evaluate(cfg)
-    sub = out / "submission"
-    meta = json.loads((sub / "mini_val" / "submission.json").read_text())["meta"]
+    sub, split = out / "submission", cfg.dataset.val_split   # the splits.json key synth_val
+    meta = json.loads((sub / split / "submission.json").read_text())["meta"]
     assert meta["use_lidar"] is True and meta["use_camera"] is False
-    ds = NuScenesLidarSeg(nus_root, "v1.0-mini", "mini_val")
+    ds = NuScenesLidarSeg(nus_root, "v1.0-mini", split)
     conf = np.zeros((16, 16), np.int64)
     for i in range(len(ds)):
         s = ds.read(i)
-        pred = np.fromfile(sub / "lidarseg" / "mini_val" / f"{s['lidar_token']}_lidarseg.bin", np.uint8)
+        pred = np.fromfile(sub / "lidarseg" / split / f"{s['lidar_token']}_lidarseg.bin", np.uint8)
         assert len(pred) == len(s["labels"]) and pred.min() >= 1 and pred.max() <= 16
         keep = s["labels"] != 255
         np.add.at(conf, (s["labels"][keep], pred[keep].astype(np.int64) - 1), 1)

@@ -13,10 +13,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", default="data/nuscenes_synth", help="dataroot to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--version", default="v1.0-mini", choices=("v1.0-mini", "v1.0-trainval"),
-                    help="table folder; scene names come from the devkit's mini_* (<= 8 + 2) or train/val lists")
-    ap.add_argument("--scenes", type=int, default=10, help="scenes (20 %% of them, at least 1, go to val)")
+                    help="table folder; scene names come from the devkit's mini_* lists (then train/val) or train/val")
+    ap.add_argument("--scenes", type=int, default=48, help="scenes (20 %% of them, at least 1, go to val)")
     ap.add_argument("--val", type=int, default=None, help="validation scenes (default 20 %%)")
-    ap.add_argument("--keyframes", type=int, default=10, help="keyframes (samples) per scene, 0.5 s apart")
+    ap.add_argument("--keyframes", type=int, default=3, help="keyframes (samples) per scene, 0.5 s apart")
     ap.add_argument("--sweeps", type=int, default=9, help="LiDAR sweeps before each keyframe, 0.05 s apart")
     ap.add_argument("--width", type=int, default=400, help="camera image width")
     ap.add_argument("--height", type=int, default=225, help="camera image height")

@@ -91,7 +91,7 @@ def _visibility(hits: np.ndarray, potential: np.ndarray) -> list[str]:
     return [str(1 + int(np.searchsorted(_VIS_THRESHOLDS, f, side="right"))) for f in frac]
 
 
-def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 10, n_keyframes: int = 10, n_sweeps: int = 9,
+def write_nuscenes_synth(out, seed: int = 0, n_scenes: int = 48, n_keyframes: int = 3, n_sweeps: int = 9,
                          image_size=(400, 225), azimuth_steps: int = 1080, n_objects: int = 40,
                          version: str = "v1.0-mini", n_val: int | None = None, jpeg_quality: int = 90,
                          verbose: bool = False) -> dict:
