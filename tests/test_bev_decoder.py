@@ -41,6 +41,29 @@ def test_conv_fuser_bad_input():
         ConvFuser([], 3)
 
 
+def test_conv_fuser_residual_starts_as_identity_and_learns():
+    torch.manual_seed(0)
+    f = ConvFuser([3, 5], 5, residual=1)
+    cam, lidar = torch.randn(2, 3, 8, 6), torch.randn(2, 5, 8, 6).relu()
+    for mode in (f.train, f.eval):
+        mode()
+        torch.testing.assert_close(f([cam, lidar]), lidar)   # the LiDAR map passes through unchanged
+    f.train()
+    opt = torch.optim.Adam(f.parameters(), 0.05)
+    target = lidar + cam[:, :1].repeat(1, 5, 1, 1)   # "camera adds something"
+    err0 = (f([cam, lidar]) - target).square().mean()
+    for _ in range(100):
+        loss = (f([cam, lidar]) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss < 0.5 * err0 and f[1].weight.abs().sum() > 0 and len(f) == 2   # no ReLU
+    with pytest.raises(ValueError, match="residual"):
+        ConvFuser([3, 5], 4, residual=1)
+    with pytest.raises(ValueError, match="residual"):
+        ConvFuser([3, 5], 5, residual=2)
+
+
 def test_second_default_shapes():
     net = SECOND(8, [8, 8, 16], [1, 1, 1], [2, 2, 2])
     outs = net(torch.randn(2, 8, 32, 48))
