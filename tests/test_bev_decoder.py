@@ -58,6 +58,11 @@ def test_conv_fuser_residual_starts_as_identity_and_learns():
         loss.backward()
         opt.step()
     assert loss < 0.5 * err0 and f[1].weight.abs().sum() > 0 and len(f) == 2   # no ReLU
+    g = ConvFuser([2, 3], 3, residual=1).double().eval()
+    with torch.no_grad():
+        g[1].weight.fill_(0.7)   # away from the zero init, so both paths carry gradient
+    a, b = (torch.randn(1, c, 4, 3, dtype=torch.float64, requires_grad=True) for c in (2, 3))
+    assert torch.autograd.gradcheck(lambda x, y: g([x, y]), (a, b))
     with pytest.raises(ValueError, match="residual"):
         ConvFuser([3, 5], 4, residual=1)
     with pytest.raises(ValueError, match="residual"):

@@ -192,3 +192,16 @@ def test_bevfusion_passes_motion_to_the_object_head():
     with pytest.raises(ValueError, match="object head"):
         BEVFusion({"lidar": Lidar()}, heads={"map": nn.Identity()}, motion=MotionEncoder(PCR, (24, 16), BINS))
     assert math.isfinite(float(losses["object/loss_dense"]))
+
+
+def test_gradcheck_motion_tower_and_velocity_branch():
+    """float64 gradcheck of the motion tower (eval-mode BN) and of the head's velocity branch w.r.t. the motion
+    features; the raster itself is a non-differentiable function of the points."""
+    torch.manual_seed(0)
+    enc = MotionEncoder(PCR, (6, 4), BINS, upsample=2, channels=3, dilations=(1,)).double().eval()
+    raster = torch.randn(1, 12, 12, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(enc.tower, (raster,))
+    head = tiny_head(dense_keys=["vel"], motion_channels=3).double().eval()
+    feat = torch.randn(1, 32, 6, 4, dtype=torch.float64)
+    motion = torch.randn(1, 3, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m: head.motion_head(torch.cat([m, feat], 1)), (motion,))
