@@ -16,11 +16,10 @@ class ConvFuser(nn.Sequential):
     Args:
         in_channels: channels of each input map, in the order they are passed (e.g. [camera, lidar]).
         out_channels: output channels.
-
         residual: optional index of an input with ``out_channels`` channels that is added to the output,
             ``inputs[residual] + BN(conv(cat(inputs)))`` with no ReLU and the BN scale and shift starting at 0, so
             the fuser starts as that input's identity. Fine-tuning a fusion model from a LiDAR-only checkpoint
-            (upstream's recipe) then starts exactly at the LiDAR-only model, and the camera can only add to it;
+            (upstream's recipe) then starts exactly at the LiDAR-only model and the camera's share grows from 0;
             with the plain fuser a fresh conv + BN + ReLU sits between the loaded LiDAR encoder and decoder.
             None (default): upstream's plain block.
 
