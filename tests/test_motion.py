@@ -67,6 +67,8 @@ def test_motion_encoder_bad_args():
         MotionEncoder((0, 0, 0, -1, 1, 1), (24, 16), BINS)
     with pytest.raises(ValueError, match="grid_size"):
         MotionEncoder(PCR, (0, 16), BINS)
+    with pytest.raises(ValueError, match="grid_size"):
+        MotionEncoder(PCR, (24, 16, 2), BINS)
     with pytest.raises(ValueError, match="upsample"):
         MotionEncoder(PCR, (24, 16), BINS, upsample=0)
     with pytest.raises(ValueError, match="dilations"):

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .sparse_encoder import time_raster
+from .sparse_encoder import time_cells, time_raster
 
 __all__ = ["MotionEncoder"]
 
@@ -35,8 +35,8 @@ class MotionEncoder(nn.Module):
         time_bins: increasing Δt edges in seconds, e.g. one bin per 20 Hz sweep pair; ``T = len - 1`` rasters.
         upsample: the raster has ``(upsample X, upsample Y)`` cells; a stride-``upsample`` conv brings it to the
             head grid (finer rasters resolve slow objects: 1 m/s moves 0.45 m over 9 sweeps).
-        channels: width of the tower. dilations: one 3x3 conv per entry at the head grid (receptive field
-            ``1 + 2 * (upsample + sum(dilations))`` head cells must cover the longest trail).
+        channels: width of the tower. dilations: one 3x3 conv per entry at the head grid; the receptive field
+            (radius ~ ``1.5 + sum(dilations)`` head cells) must cover the longest trail (15 m/s x 0.45 s = 6.75 m).
     """
 
     def __init__(self, point_cloud_range: Sequence[float], grid_size: Sequence[int], time_bins: Sequence[float],
@@ -46,9 +46,9 @@ class MotionEncoder(nn.Module):
         if len(pcr) != 6 or not all(math.isfinite(v) for v in pcr) or pcr[3] <= pcr[0] or pcr[4] <= pcr[1] \
                 or pcr[5] <= pcr[2]:
             raise ValueError(f"point_cloud_range must be 6 finite values with max > min, got {point_cloud_range!r}")
-        X, Y = (int(v) for v in grid_size)
-        if X < 1 or Y < 1 or len(grid_size) != 2:
+        if len(grid_size) != 2 or any(int(v) != v or v < 1 for v in grid_size):
             raise ValueError(f"grid_size must be two positive ints, got {grid_size!r}")
+        X, Y = (int(v) for v in grid_size)
         tb = [float(t) for t in time_bins]
         if len(tb) < 2 or any(not math.isfinite(t) for t in tb) or any(b <= a for a, b in zip(tb, tb[1:])):
             raise ValueError(f"time_bins must be >= 2 increasing finite Δt edges (seconds), got {time_bins!r}")
@@ -77,12 +77,7 @@ class MotionEncoder(nn.Module):
         pts = [points] if isinstance(points, torch.Tensor) else list(points)
         if not pts:
             raise ValueError("MotionEncoder needs at least one point cloud")
-        dtype = next(self.parameters()).dtype
-        out = self.tower(self.raster(pts).to(dtype))
-        if tuple(out.shape[2:]) != self.grid_size:
-            raise ValueError(f"MotionEncoder: tower output {tuple(out.shape[2:])} != grid_size {self.grid_size} "
-                             f"(grid_size times upsample must be divisible by upsample)")
-        return out
+        return self.tower(self.raster(pts).to(next(self.parameters()).dtype))   # stride u: u X -> X cells
 
 
 def _offset_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cloud_range: Sequence[float],
@@ -91,23 +86,13 @@ def _offset_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point
     a cell from its centre, in cell units; the same cells and bins as :func:`time_raster`, 0 where empty."""
     X, Y = int(shape[0]), int(shape[1])
     T = len(edges) - 1
-    pr = [float(v) for v in point_cloud_range]
-    dev = points[0].device if len(points) else "cpu"
-    out = torch.zeros((len(points), 2 * T, X, Y), dtype=torch.float32, device=dev)
-    e = torch.tensor([float(v) for v in edges], dtype=torch.float64)
+    out = torch.zeros((len(points), 2 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
     for b, p in enumerate(points):
         if p.shape[0] == 0:
             continue
-        q = p.detach().double()
-        fx = (q[:, 0] - pr[0]) / (pr[3] - pr[0]) * X
-        fy = (q[:, 1] - pr[1]) / (pr[4] - pr[1]) * Y
-        ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
-        t = torch.bucketize(q[:, 4].contiguous(), e.to(q.device), right=True) - 1
-        ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
-              & (t >= 0) & (t < T))
-        flat = (t[ok] * X + ix[ok]) * Y + iy[ok]
-        n = torch.zeros(T * X * Y, dtype=torch.float64, device=q.device).index_add_(0, flat, torch.ones_like(fx[ok]))
-        for j, f, i in ((0, fx, ix), (1, fy, iy)):
-            s = torch.zeros_like(n).index_add_(0, flat, (f - i - 0.5)[ok])
+        flat, fx, fy = time_cells(p, edges, point_cloud_range, (X, Y), f"MotionEncoder: points[{b}]")
+        n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(fx))
+        for j, f in enumerate((fx, fy)):
+            s = torch.zeros_like(n).index_add_(0, flat, f - f.floor() - 0.5)
             out[b, j * T:(j + 1) * T] = (s / n.clamp(min=1)).view(T, X, Y).float()
     return out

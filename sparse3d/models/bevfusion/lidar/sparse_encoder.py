@@ -207,21 +207,31 @@ def time_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cl
     """
     X, Y = int(shape[0]), int(shape[1])
     T = len(edges) - 1
-    pr = [float(v) for v in point_cloud_range]
     out = torch.zeros((len(points), T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
-    e = torch.tensor([float(v) for v in edges], dtype=torch.float64)
     for b, p in enumerate(points):
         if p.shape[0] == 0:
             continue
-        if p.shape[1] < 5:
-            raise ValueError(f"time_raster: points[{b}] has {p.shape[1]} features; Δt is the 5th (x, y, z, "
-                             f"intensity, dt)")
-        q = p.detach().double()
-        ix = torch.floor((q[:, 0] - pr[0]) / (pr[3] - pr[0]) * X).long()
-        iy = torch.floor((q[:, 1] - pr[1]) / (pr[4] - pr[1]) * Y).long()
-        t = torch.bucketize(q[:, 4].contiguous(), e.to(q.device), right=True) - 1
-        ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
-              & (t >= 0) & (t < T))
-        flat = (t[ok] * X + ix[ok]) * Y + iy[ok]
+        flat, _, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"time_raster: points[{b}]")
         out[b].view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float32, device=flat.device))
     return torch.log1p(out)
+
+
+def time_cells(p: torch.Tensor, edges: Sequence[float], point_cloud_range: Sequence[float], shape: Sequence[int],
+               what: str = "points"):
+    """The (Δt bin, BEV cell) of every point of ``p`` ``[P, >=5]`` that lies inside the range and the bins, as
+    :func:`time_raster` counts them: ``(flat [K] int64 = (t X + ix) Y + iy, fx [K], fy [K])`` with ``fx, fy`` the
+    continuous float64 cell coordinates of those K points (cell ``i`` covers ``[i, i + 1)``)."""
+    if p.shape[1] < 5:
+        raise ValueError(f"{what} has {p.shape[1]} features; Δt is the 5th (x, y, z, intensity, dt)")
+    X, Y = int(shape[0]), int(shape[1])
+    T = len(edges) - 1
+    pr = [float(v) for v in point_cloud_range]
+    q = p.detach().double()
+    fx = (q[:, 0] - pr[0]) / (pr[3] - pr[0]) * X
+    fy = (q[:, 1] - pr[1]) / (pr[4] - pr[1]) * Y
+    ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
+    e = torch.tensor([float(v) for v in edges], dtype=torch.float64, device=q.device)
+    t = torch.bucketize(q[:, 4].contiguous(), e, right=True) - 1
+    ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
+          & (t >= 0) & (t < T))
+    return (t[ok] * X + ix[ok]) * Y + iy[ok], fx[ok], fy[ok]
