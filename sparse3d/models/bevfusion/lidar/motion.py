@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .sparse_encoder import time_cells, time_raster
+from .sparse_encoder import time_cells
 
 __all__ = ["MotionEncoder"]
 
@@ -32,7 +32,7 @@ class MotionEncoder(nn.Module):
     Args:
         point_cloud_range: (xmin, ymin, zmin, xmax, ymax, zmax) of the BEV grid (points outside are not counted).
         grid_size: ``(X, Y)`` cells of the output (the detection head's grid).
-        time_bins: increasing Δt edges in seconds, e.g. one bin per 20 Hz sweep pair; ``T = len - 1`` rasters.
+        time_bins: increasing Δt edges in seconds, e.g. ``[0, 0.025, 0.125, 0.275, 0.5]``; ``T = len - 1`` bins.
         upsample: the raster has ``(upsample X, upsample Y)`` cells; a stride-``upsample`` conv brings it to the
             head grid (finer rasters resolve slow objects: 1 m/s moves 0.45 m over 9 sweeps).
         channels: width of the tower. dilations: one 3x3 conv per entry at the head grid; the receptive field
@@ -69,9 +69,7 @@ class MotionEncoder(nn.Module):
         """``[B, 3 T, upsample X, upsample Y]`` per Δt bin: ``log1p`` point count, then the mean x and y offset of
         those points from the cell centre in cell units (``[-0.5, 0.5)``, 0 in empty cells): the tower's input."""
         X, Y = self.grid_size
-        shape = (X * self.upsample, Y * self.upsample)
-        counts = time_raster(points, self.time_bins, self.point_cloud_range, shape)
-        return torch.cat([counts, _offset_raster(points, self.time_bins, self.point_cloud_range, shape)], 1)
+        return _motion_raster(points, self.time_bins, self.point_cloud_range, (X * self.upsample, Y * self.upsample))
 
     def forward(self, points) -> torch.Tensor:
         pts = [points] if isinstance(points, torch.Tensor) else list(points)
@@ -80,19 +78,21 @@ class MotionEncoder(nn.Module):
         return self.tower(self.raster(pts).to(next(self.parameters()).dtype))   # stride u: u X -> X cells
 
 
-def _offset_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cloud_range: Sequence[float],
+def _motion_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cloud_range: Sequence[float],
                    shape: Sequence[int]) -> torch.Tensor:
-    """``[B, 2 T, X, Y]``: per Δt bin the mean x (channels ``0..T-1``) and y (``T..2T-1``) offset of the points in
-    a cell from its centre, in cell units; the same cells and bins as :func:`time_raster`, 0 where empty."""
+    """``[B, 3 T, X, Y]``: per Δt bin the ``log1p`` point count (channels ``0..T-1``, equal to :func:`time_raster`),
+    then the mean x (``T..2T-1``) and y (``2T..3T-1``) offset of the points in a cell from its centre, in cell
+    units (0 where empty); one binning pass (:func:`time_cells`) per point cloud."""
     X, Y = int(shape[0]), int(shape[1])
     T = len(edges) - 1
-    out = torch.zeros((len(points), 2 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
+    out = torch.zeros((len(points), 3 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
     for b, p in enumerate(points):
         if p.shape[0] == 0:
             continue
         flat, fx, fy = time_cells(p, edges, point_cloud_range, (X, Y), f"MotionEncoder: points[{b}]")
         n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(fx))
-        for j, f in enumerate((fx, fy)):
+        out[b, :T] = torch.log1p(n).view(T, X, Y).float()
+        for j, f in enumerate((fx, fy), start=1):
             s = torch.zeros_like(n).index_add_(0, flat, f - f.floor() - 0.5)
             out[b, j * T:(j + 1) * T] = (s / n.clamp(min=1)).view(T, X, Y).float()
     return out
