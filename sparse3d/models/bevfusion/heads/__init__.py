@@ -2,12 +2,13 @@
 from .assigner import AssignResult, HungarianAssigner3D
 from .box_coder import TransFusionBBoxCoder
 from .gaussian import draw_heatmap_gaussian, gaussian_radius
+from .heading import HeadingBins
 from .iou3d import box_iou_3d, box_iou_bev, box_overlap_bev
 from .losses import gaussian_focal_loss, sigmoid_focal_loss, weighted_l1_loss
 from .transfusion import TransFusionHead
 
 __all__ = [
-    "TransFusionHead", "TransFusionBBoxCoder", "HungarianAssigner3D", "AssignResult",
+    "TransFusionHead", "TransFusionBBoxCoder", "HungarianAssigner3D", "AssignResult", "HeadingBins",
     "draw_heatmap_gaussian", "gaussian_radius", "box_iou_bev", "box_iou_3d", "box_overlap_bev",
     "gaussian_focal_loss", "sigmoid_focal_loss", "weighted_l1_loss",
 ]

@@ -25,6 +25,7 @@ from torch import nn
 from .assigner import HungarianAssigner3D
 from .box_coder import TransFusionBBoxCoder
 from .gaussian import draw_heatmap_gaussian, gaussian_radius
+from .heading import HeadingBins
 from .losses import clip_sigmoid, gaussian_focal_loss, sigmoid_focal_loss, weighted_l1_loss
 
 __all__ = ["TransFusionHead", "TransformerDecoderLayer", "PositionEmbeddingLearned", "PredictionHead"]
@@ -123,6 +124,11 @@ class TransFusionHead(nn.Module):
             :class:`~sparse3d.models.bevfusion.lidar.MotionEncoder`) next to the *detached* shared features, so
             the velocity loss trains only the motion features and this branch, not the detection trunk.
             0 (default): the velocity branch reads the shared features.
+        rot_bins: K > 0 predicts the heading per query as K bin logits plus K in-bin residuals
+            (:class:`HeadingBins`; cross-entropy + residual L1, weighted by ``loss_bbox_weight`` and the mean of the
+            sin / cos ``code_weights``) instead of regressing (sin, cos) with L1; ``rot`` is then the (sin, cos)
+            of the decoded yaw (no gradient) and the extra keys ``rot_bin`` / ``rot_res`` ``[B, K, P]`` hold the
+            raw outputs. 0 (default): upstream. Not with ``"rot"`` in ``dense_keys``.
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -133,7 +139,7 @@ class TransFusionHead(nn.Module):
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
                  min_radius: int = 2, dense_keys: Sequence[str] = (), dense_weight: float = 1.0,
-                 dense_radius: int = 1, dense_loss: str = "l1", motion_channels: int = 0):
+                 dense_radius: int = 1, dense_loss: str = "l1", motion_channels: int = 0, rot_bins: int = 0):
         super().__init__()
         if not isinstance(bbox_coder, TransFusionBBoxCoder):
             raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
@@ -181,6 +187,14 @@ class TransFusionHead(nn.Module):
         heads = dict(center=2, height=1, dim=3, rot=2, vel=2, heatmap=num_classes)
         for k in self.dense_keys:
             del heads[k]
+        if int(rot_bins) != rot_bins or rot_bins < 0 or rot_bins == 1:
+            raise ValueError(f"rot_bins must be 0 (sin / cos regression) or an int >= 2, got {rot_bins!r}")
+        if rot_bins and "rot" in self.dense_keys:
+            raise ValueError("rot_bins (per-query heading bins) cannot be combined with 'rot' in dense_keys")
+        self.heading = HeadingBins(int(rot_bins)) if rot_bins else None
+        if self.heading is not None:
+            del heads["rot"]
+            heads = dict(heads, rot_bin=self.heading.num_bins, rot_res=self.heading.num_bins)
         self.prediction_head = PredictionHead(hidden_channels, heads, head_channels)
         if int(motion_channels) != motion_channels or motion_channels < 0:
             raise ValueError(f"motion_channels must be an int >= 0, got {motion_channels!r}")
@@ -218,7 +232,8 @@ class TransFusionHead(nn.Module):
             ``rot [B, 2, P]`` (sin, cos), ``vel [B, 2, P]``, ``heatmap [B, C, P]`` (class logits),
             ``query_heatmap_score [B, C, P]`` (local-max heatmap at the proposals), ``query_labels [B, P]`` int64,
             ``query_pos [B, P, 2]`` and ``dense_heatmap [B, C, X, Y]`` (logits); ``P = min(num_proposals, C*X*Y)``.
-            With ``dense_keys`` also ``dense_reg [B, 2 * len(dense_keys), X, Y]`` (those branches read from it).
+            With ``dense_keys`` also ``dense_reg [B, 2 * len(dense_keys), X, Y]`` (those branches read from it);
+            with ``rot_bins`` K also ``rot_bin`` / ``rot_res`` ``[B, K, P]`` (``rot`` is then their decoded yaw).
         """
         if not isinstance(bev, torch.Tensor) or bev.ndim != 4:
             raise ValueError(f"bev must be a [B, C, X, Y] tensor, got {getattr(bev, 'shape', type(bev))}")
@@ -259,6 +274,9 @@ class TransFusionHead(nn.Module):
         query = self.decoder(query, flat, query_pos, bev_pos)
         preds = self.prediction_head(query)
         preds["center"] = preds["center"] + query_pos.transpose(1, 2)
+        if self.heading is not None:
+            yaw = self.heading.decode(preds["rot_bin"].detach(), preds["rot_res"].detach())  # [B, P]
+            preds["rot"] = torch.stack([yaw.sin(), yaw.cos()], 1)
         if self.dense_keys:
             parts = {}
             if self.motion_channels:
@@ -344,8 +362,8 @@ class TransFusionHead(nn.Module):
             gt_boxes: list of B float tensors ``[M_i, 9]`` (x, y, z, l, w, h, yaw, vx, vy), LiDAR frame.
             gt_labels: list of B int64 tensors ``[M_i]`` in ``[0, num_classes)``.
         Returns:
-            ``loss_heatmap``, ``loss_cls``, ``loss_bbox``, with ``dense_keys`` ``loss_dense`` (scalars to sum: every
-            key starting with ``loss``) and
+            ``loss_heatmap``, ``loss_cls``, ``loss_bbox``, with ``dense_keys`` ``loss_dense``, with ``rot_bins``
+            ``loss_rot`` (scalars to sum: every key starting with ``loss``) and
             ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
         """
         dense = preds["dense_heatmap"]
@@ -380,10 +398,18 @@ class TransFusionHead(nn.Module):
         loss_cls = sigmoid_focal_loss(cls_logits.reshape(-1, self.num_classes), labels.reshape(-1), None,
                                       self.focal_alpha, self.focal_gamma, avg_factor=num_pos)
         weights = bbox_weights * self.code_weights.to(codes.dtype)
+        if self.heading is not None:
+            weights[..., 6:8] = 0.0  # the heading is trained by the bin loss below
         loss_bbox = weighted_l1_loss(codes, bbox_targets, weights, avg_factor=num_pos)
         matched = torch.cat(ious).mean() if ious else codes.new_zeros(())
         out = {"loss_heatmap": self.loss_heatmap_weight * loss_heatmap, "loss_cls": self.loss_cls_weight * loss_cls,
                "loss_bbox": self.loss_bbox_weight * loss_bbox, "matched_ious": matched.detach()}
+        if self.heading is not None:
+            pos = bbox_weights[..., 0] > 0  # [B, P]
+            yaw = torch.atan2(bbox_targets[..., 6], bbox_targets[..., 7])[pos]
+            per = self.heading.loss(preds["rot_bin"].transpose(1, 2)[pos], preds["rot_res"].transpose(1, 2)[pos], yaw)
+            w = float(self.code_weights[6:8].mean())
+            out["loss_rot"] = self.loss_bbox_weight * w * per.sum() / num_pos
         if self.dense_keys:
             dense = preds["dense_reg"]
             tw = [self.dense_target(gt_boxes[b].to(dense.device, dense.dtype)) for b in range(batch)]
