@@ -14,6 +14,7 @@ r"""BEVFusion composition (``mmdet3d/models/fusion_models/bevfusion.py``): encod
   map);
 - ``motion``: optional ``forward(points) -> [B, C, X, Y]`` motion features (``MotionEncoder``) passed to the object
   head as ``head(features, motion=...)`` (its dense velocity branch, ``TransFusionHead(motion_channels=C)``);
+  an object head with a ``refiner`` (``BoxFrameRefiner``) gets the point clouds as ``head(features, points=...)``;
 - ``heads``: ``object`` (``TransFusionHead``: ``forward``, ``loss(preds, gt_boxes, gt_labels)``, ``get_bboxes``) and/or
   ``map`` (``BEVSegmentationHead``: ``forward``, ``loss(logits, gt_masks)``, ``predict``).
 
@@ -213,10 +214,12 @@ class BEVFusion(nn.Module):
         x = self.decode(bev)
         out: Dict[str, Any] = {"bev": bev, "features": x}
         for name, head in self.heads.items():
+            kw = {}
             if name == "object" and self.motion is not None:
-                out[name] = head(x, motion=self.motion(batch["points"]))
-            else:
-                out[name] = head(x)
+                kw["motion"] = self.motion(batch["points"])
+            if getattr(head, "refiner", None) is not None:
+                kw["points"] = batch["points"]
+            out[name] = head(x, **kw)
         return out
 
     def loss(self, outputs: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ its own class order); input channels and grid size are checked against the confi
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -26,6 +27,7 @@ from .assigner import HungarianAssigner3D
 from .box_coder import TransFusionBBoxCoder
 from .gaussian import draw_heatmap_gaussian, gaussian_radius
 from .heading import HeadingBins
+from .roi import BoxFrameRefiner
 from .losses import clip_sigmoid, gaussian_focal_loss, sigmoid_focal_loss, weighted_l1_loss
 
 __all__ = ["TransFusionHead", "TransformerDecoderLayer", "PositionEmbeddingLearned", "PredictionHead"]
@@ -129,6 +131,12 @@ class TransFusionHead(nn.Module):
             sin / cos ``code_weights``) instead of regressing (sin, cos) with L1; ``rot`` is then the (sin, cos)
             of the decoded yaw (no gradient) and the extra keys ``rot_bin`` / ``rot_res`` ``[B, K, P]`` hold the
             raw outputs. 0 (default): upstream. Not with ``"rot"`` in ``dense_keys``.
+        refiner: optional :class:`BoxFrameRefiner` (needs ``rot_bins``; not with a dense or motion velocity
+            branch): samples the shared features and a point raster in the frame of each query's box, flips the
+            heading where its ``dir`` logit is > 0 and gives the velocity (the per-query ``vel`` branch is
+            dropped); ``forward(bev, points=...)`` then needs the point clouds, and the loss adds its
+            ``loss_dir`` / ``loss_vel`` over the matched queries. Extra prediction keys: ``rot_axis [B, P]`` (the
+            sampling yaw), ``dir [B, P]``, ``vel_box [B, P, 2]``.
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -139,7 +147,8 @@ class TransFusionHead(nn.Module):
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 0.25, loss_heatmap_weight: float = 1.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gaussian_overlap: float = 0.1,
                  min_radius: int = 2, dense_keys: Sequence[str] = (), dense_weight: float = 1.0,
-                 dense_radius: int = 1, dense_loss: str = "l1", motion_channels: int = 0, rot_bins: int = 0):
+                 dense_radius: int = 1, dense_loss: str = "l1", motion_channels: int = 0, rot_bins: int = 0,
+                 refiner: BoxFrameRefiner | None = None):
         super().__init__()
         if not isinstance(bbox_coder, TransFusionBBoxCoder):
             raise TypeError(f"bbox_coder must be a TransFusionBBoxCoder, got {type(bbox_coder).__name__}")
@@ -195,6 +204,17 @@ class TransFusionHead(nn.Module):
         if self.heading is not None:
             del heads["rot"]
             heads = dict(heads, rot_bin=self.heading.num_bins, rot_res=self.heading.num_bins)
+        if refiner is not None:
+            if not isinstance(refiner, BoxFrameRefiner):
+                raise TypeError(f"refiner must be a BoxFrameRefiner, got {type(refiner).__name__}")
+            if self.heading is None or "vel" in self.dense_keys or motion_channels:
+                raise ValueError("refiner needs rot_bins > 0 and no dense / motion velocity branch (it predicts the "
+                                 "velocity itself)")
+            if refiner.feat_channels not in (0, hidden_channels):
+                raise ValueError(f"refiner.feat_channels ({refiner.feat_channels}) must be 0 or hidden_channels "
+                                 f"({hidden_channels})")
+            del heads["vel"]
+        self.refiner = refiner
         self.prediction_head = PredictionHead(hidden_channels, heads, head_channels)
         if int(motion_channels) != motion_channels or motion_channels < 0:
             raise ValueError(f"motion_channels must be an int >= 0, got {motion_channels!r}")
@@ -221,12 +241,13 @@ class TransFusionHead(nn.Module):
                                 torch.arange(size_y, device=device, dtype=dtype), indexing="ij")
         return torch.stack([gx, gy], -1).reshape(1, -1, 2) + 0.5
 
-    def forward(self, bev: torch.Tensor, motion: torch.Tensor | None = None) -> dict:
+    def forward(self, bev: torch.Tensor, motion: torch.Tensor | None = None, points=None) -> dict:
         """Predict boxes for a BEV map.
 
         Args:
             bev: ``[B, in_channels, X, Y]`` float, ``(X, Y) == bbox_coder.grid_size``.
             motion: ``[B, motion_channels, X, Y]`` motion features (required iff ``motion_channels``).
+            points: list of B ``[P_i, >=5]`` point clouds (required iff ``refiner``).
         Returns:
             dict with ``center [B, 2, P]`` (cell units), ``height [B, 1, P]``, ``dim [B, 3, P]`` (log),
             ``rot [B, 2, P]`` (sin, cos), ``vel [B, 2, P]``, ``heatmap [B, C, P]`` (class logits),
@@ -277,6 +298,16 @@ class TransFusionHead(nn.Module):
         if self.heading is not None:
             yaw = self.heading.decode(preds["rot_bin"].detach(), preds["rot_res"].detach())  # [B, P]
             preds["rot"] = torch.stack([yaw.sin(), yaw.cos()], 1)
+        if self.refiner is not None:
+            if points is None:
+                raise ValueError("this head has a refiner: forward needs points (list of B [P_i, >=5] tensors)")
+            centers = self.bbox_coder.from_cells(preds["center"].detach().transpose(1, 2))   # [B, P, 2] m
+            sizes = preds["dim"].detach()[:, :2].clamp(-6.0, 6.0).exp().transpose(1, 2)     # [B, P, 2] (l, w)
+            ref = self.refiner(feat, points, centers, sizes, yaw)
+            flipped = yaw + math.pi * (ref["dir"].detach() > 0).to(yaw.dtype)
+            preds["rot"] = torch.stack([flipped.sin(), flipped.cos()], 1)
+            preds["vel"] = self.refiner.from_box_frame(ref["vel"], yaw).transpose(1, 2)       # [B, 2, P]
+            preds.update(rot_axis=yaw, dir=ref["dir"], vel_box=ref["vel"])
         if self.dense_keys:
             parts = {}
             if self.motion_channels:
@@ -363,7 +394,7 @@ class TransFusionHead(nn.Module):
             gt_labels: list of B int64 tensors ``[M_i]`` in ``[0, num_classes)``.
         Returns:
             ``loss_heatmap``, ``loss_cls``, ``loss_bbox``, with ``dense_keys`` ``loss_dense``, with ``rot_bins``
-            ``loss_rot`` (scalars to sum: every key starting with ``loss``) and
+            ``loss_rot``, with a ``refiner`` ``loss_dir`` and ``loss_vel`` (scalars to sum: every key starting with ``loss``) and
             ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
         """
         dense = preds["dense_heatmap"]
@@ -400,6 +431,8 @@ class TransFusionHead(nn.Module):
         weights = bbox_weights * self.code_weights.to(codes.dtype)
         if self.heading is not None:
             weights[..., 6:8] = 0.0  # the heading is trained by the bin loss below
+        if self.refiner is not None:
+            weights[..., 8:10] = 0.0  # the velocity is trained by the refiner's loss below
         loss_bbox = weighted_l1_loss(codes, bbox_targets, weights, avg_factor=num_pos)
         matched = torch.cat(ious).mean() if ious else codes.new_zeros(())
         out = {"loss_heatmap": self.loss_heatmap_weight * loss_heatmap, "loss_cls": self.loss_cls_weight * loss_cls,
@@ -410,6 +443,9 @@ class TransFusionHead(nn.Module):
             per = self.heading.loss(preds["rot_bin"].transpose(1, 2)[pos], preds["rot_res"].transpose(1, 2)[pos], yaw)
             w = float(self.code_weights[6:8].mean())
             out["loss_rot"] = self.loss_bbox_weight * w * per.sum() / num_pos
+        if self.refiner is not None:
+            out.update(self.refiner.loss(preds["dir"][pos], preds["vel_box"][pos], preds["rot_axis"][pos], yaw,
+                                         bbox_targets[..., 8:10][pos], num_pos))
         if self.dense_keys:
             dense = preds["dense_reg"]
             tw = [self.dense_target(gt_boxes[b].to(dense.device, dense.dtype)) for b in range(batch)]

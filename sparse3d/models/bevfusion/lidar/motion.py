@@ -89,7 +89,7 @@ def _motion_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point
     for b, p in enumerate(points):
         if p.shape[0] == 0:
             continue
-        flat, fx, fy = time_cells(p, edges, point_cloud_range, (X, Y), f"MotionEncoder: points[{b}]")
+        flat, fx, fy, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"MotionEncoder: points[{b}]")
         n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(fx))
         out[b, :T] = torch.log1p(n).view(T, X, Y).float()
         for j, f in enumerate((fx, fy), start=1):

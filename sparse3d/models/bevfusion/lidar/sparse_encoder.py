@@ -211,7 +211,7 @@ def time_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cl
     for b, p in enumerate(points):
         if p.shape[0] == 0:
             continue
-        flat, _, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"time_raster: points[{b}]")
+        flat, _, _, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"time_raster: points[{b}]")
         out[b].view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float32, device=flat.device))
     return torch.log1p(out)
 
@@ -219,8 +219,9 @@ def time_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cl
 def time_cells(p: torch.Tensor, edges: Sequence[float], point_cloud_range: Sequence[float], shape: Sequence[int],
                what: str = "points"):
     """The (Δt bin, BEV cell) of every point of ``p`` ``[P, >=5]`` that lies inside the range and the bins, as
-    :func:`time_raster` counts them: ``(flat [K] int64 = (t X + ix) Y + iy, fx [K], fy [K])`` with ``fx, fy`` the
-    continuous float64 cell coordinates of those K points (cell ``i`` covers ``[i, i + 1)``)."""
+    :func:`time_raster` counts them: ``(flat [K] int64 = (t X + ix) Y + iy, fx [K], fy [K], z [K])`` with ``fx, fy``
+    the continuous float64 cell coordinates of those K points (cell ``i`` covers ``[i, i + 1)``) and ``z`` their
+    height (float64, metres)."""
     if p.shape[1] < 5:
         raise ValueError(f"{what} has {p.shape[1]} features; Δt is the 5th (x, y, z, intensity, dt)")
     X, Y = int(shape[0]), int(shape[1])
@@ -234,4 +235,4 @@ def time_cells(p: torch.Tensor, edges: Sequence[float], point_cloud_range: Seque
     t = torch.bucketize(q[:, 4].contiguous(), e, right=True) - 1
     ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
           & (t >= 0) & (t < T))
-    return (t[ok] * X + ix[ok]) * Y + iy[ok], fx[ok], fy[ok]
+    return (t[ok] * X + ix[ok]) * Y + iy[ok], fx[ok], fy[ok], q[ok, 2]

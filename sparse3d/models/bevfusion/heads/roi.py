@@ -1,0 +1,180 @@
+r"""Box-frame (RoI) refinement of the heading direction and the velocity, a light second stage for the TransFusion
+head (cf. CenterPoint's two-stage refinement, which samples BEV features at points of each first-stage box).
+
+Why: a box's *axis* is visible in its shape, but which end is the front is a small cue (a lower bonnet, the side
+the older sweeps trail behind on), and its position in the BEV map depends on the heading. Per-query regression of
+(sin, cos) or of (vx, vy) then faces two-sided targets and settles at ~0 (the L1 / L2 optimum of ``±t``). Sampled
+in the frame of the predicted axis, the same cue sits at fixed sample positions (front samples first), so a small
+MLP reads it directly: a logit "the heading is the reverse of the axis direction" and the velocity in box
+coordinates (forward, left).
+
+Conventions: BEV maps ``[B, C, X, Y]`` over ``point_cloud_range[:2]`` (dim 2 = LiDAR x); boxes by centre
+``(x, y)`` metres, size ``(l, w)`` metres (``l`` along the heading) and yaw (rad, counter-clockwise from +x).
+Samples ``s = i * nv + j``: ``i`` along the heading from back (``i = 0``) to front, ``j`` from right to left.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lidar.sparse_encoder import time_cells
+
+__all__ = ["BoxFrameRefiner", "roi_raster", "box_sample_points", "sample_bev"]
+
+
+def roi_raster(points: Sequence[torch.Tensor], time_bins: Sequence[float], point_cloud_range: Sequence[float],
+               shape: Sequence[int]) -> torch.Tensor:
+    """``[B, 2 T, X, Y]`` float32 per Δt bin: ``log1p`` point count (channels ``0..T-1``), then the mean height of
+    those points scaled to ``[0, 1]`` over the range's z extent (``T..2T-1``; 0 where empty).
+
+    Args:
+        points: B tensors ``[P_i, >=5]`` (x, y, z, intensity, Δt); points outside the range or the bins are skipped.
+        time_bins: increasing Δt edges (s), ``T = len - 1``. shape: ``(X, Y)`` cells over the range.
+    """
+    X, Y = int(shape[0]), int(shape[1])
+    T = len(time_bins) - 1
+    z0, z1 = float(point_cloud_range[2]), float(point_cloud_range[5])
+    out = torch.zeros((len(points), 2 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
+    for b, p in enumerate(points):
+        if p.shape[0] == 0:
+            continue
+        flat, _, _, z = time_cells(p, time_bins, point_cloud_range, (X, Y), f"BoxFrameRefiner: points[{b}]")
+        n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(z))
+        h = torch.zeros_like(n).index_add_(0, flat, (z - z0) / (z1 - z0))
+        out[b, :T] = torch.log1p(n).view(T, X, Y).float()
+        out[b, T:] = (h / n.clamp(min=1)).view(T, X, Y).float()
+    return out
+
+
+def box_sample_points(centers: torch.Tensor, sizes: torch.Tensor, yaw: torch.Tensor, samples: Sequence[int],
+                      margin: Sequence[float]) -> torch.Tensor:
+    """``[B, Q, nu * nv, 2]`` metres: an ``nu x nv`` grid of cell centres over each box grown by ``margin``
+    ``(mu, mv)`` metres on every side (``nu`` along the heading, back to front; ``nv`` across, right to left).
+
+    Args:
+        centers: ``[B, Q, 2]``; sizes: ``[B, Q, 2]`` (l, w); yaw: ``[B, Q]``.
+    """
+    nu, nv = int(samples[0]), int(samples[1])
+    dt = centers.dtype
+    fu = (torch.arange(nu, dtype=dt, device=centers.device) + 0.5) / nu - 0.5    # [nu] in (-0.5, 0.5)
+    fv = (torch.arange(nv, dtype=dt, device=centers.device) + 0.5) / nv - 0.5
+    u = fu[:, None].expand(nu, nv).reshape(-1) * (sizes[..., :1] + 2 * margin[0])  # [B, Q, S]
+    v = fv[None, :].expand(nu, nv).reshape(-1) * (sizes[..., 1:2] + 2 * margin[1])
+    c, s = torch.cos(yaw)[..., None], torch.sin(yaw)[..., None]
+    return torch.stack([centers[..., :1] + u * c - v * s, centers[..., 1:2] + u * s + v * c], -1)
+
+
+def sample_bev(bev: torch.Tensor, xy: torch.Tensor, point_cloud_range: Sequence[float]) -> torch.Tensor:
+    """Bilinear samples ``[B, C, Q, S]`` of ``bev`` ``[B, C, X, Y]`` (cell ``(i, j)`` centred at
+    ``range_min + (i + 0.5, j + 0.5) * cell``) at ``xy`` ``[B, Q, S, 2]`` metres; 0 outside the map."""
+    x0, y0, x1, y1 = (float(point_cloud_range[k]) for k in (0, 1, 3, 4))
+    gx = (xy[..., 0] - x0) / (x1 - x0) * 2 - 1   # along X = grid_sample's H
+    gy = (xy[..., 1] - y0) / (y1 - y0) * 2 - 1   # along Y = grid_sample's W
+    grid = torch.stack([gy, gx], -1).to(bev.dtype)
+    return F.grid_sample(bev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class BoxFrameRefiner(nn.Module):
+    """Heading direction and velocity of each query box, read in the box's own frame.
+
+    ``forward(feat [B, C, X, Y], points: list of B [P_i, >=5], centers [B, Q, 2] m, sizes [B, Q, 2] (l, w) m,
+    yaw [B, Q]) -> {"dir": [B, Q] logit that the heading is yaw + pi, "vel": [B, Q, 2] (forward, left) m/s in the
+    frame of yaw}``. Box inputs are treated as constants (no gradient through the sample positions).
+
+    Args:
+        feat_channels: C of ``feat`` (the head's shared features); 0 to read only the point raster.
+        point_cloud_range: of the BEV maps. raster_shape: ``(X, Y)`` of the point raster (finer than ``feat``
+            resolves short trails: 0.4 m cells on a +-51.2 m range is ``(256, 256)``).
+        time_bins: Δt edges of the raster (:func:`roi_raster`).
+        samples: ``(nu, nv)`` sample grid; margin: ``(mu, mv)`` metres added on each side (the trail of a moving
+            object lies behind it: 10 m/s over a 0.45 s sweep window is 4.5 m).
+        hidden: MLP width. detach_features: sample ``feat.detach()`` so these losses train only this module.
+        dir_weight, vel_weight: loss weights; vel_loss: ``"l1"`` or ``"l2"`` on the box-frame velocity.
+    """
+
+    def __init__(self, feat_channels: int, point_cloud_range: Sequence[float], raster_shape: Sequence[int],
+                 time_bins: Sequence[float] = (0.0, 0.025, 0.125, 0.275, 0.5), samples: Sequence[int] = (12, 4),
+                 margin: Sequence[float] = (1.5, 0.3), hidden: int = 128, detach_features: bool = True,
+                 dir_weight: float = 1.0, vel_weight: float = 0.25, vel_loss: str = "l1") -> None:
+        super().__init__()
+        pcr = [float(v) for v in point_cloud_range]
+        if len(pcr) != 6 or not all(math.isfinite(v) for v in pcr) or pcr[3] <= pcr[0] or pcr[4] <= pcr[1] \
+                or pcr[5] <= pcr[2]:
+            raise ValueError(f"point_cloud_range must be 6 finite values with max > min, got {point_cloud_range!r}")
+        tb = [float(t) for t in time_bins]
+        if len(tb) < 2 or any(not math.isfinite(t) for t in tb) or any(b <= a for a, b in zip(tb, tb[1:])):
+            raise ValueError(f"time_bins must be >= 2 increasing finite Δt edges (seconds), got {time_bins!r}")
+        for name, v in (("raster_shape", raster_shape), ("samples", samples)):
+            if len(v) != 2 or any(int(a) != a or a < 1 for a in v):
+                raise ValueError(f"{name} must be two positive ints, got {v!r}")
+        if len(margin) != 2 or min(margin) < 0:
+            raise ValueError(f"margin must be two values >= 0 (metres), got {margin!r}")
+        if int(feat_channels) != feat_channels or feat_channels < 0 or int(hidden) != hidden or hidden < 1:
+            raise ValueError(f"feat_channels must be an int >= 0 and hidden a positive int, got {feat_channels}, "
+                             f"{hidden}")
+        if vel_loss not in ("l1", "l2") or not (dir_weight >= 0 and vel_weight >= 0):
+            raise ValueError(f"need vel_loss 'l1' / 'l2' and weights >= 0, got {vel_loss!r}, {dir_weight}, "
+                             f"{vel_weight}")
+        self.point_cloud_range, self.time_bins = pcr, tb
+        self.raster_shape = (int(raster_shape[0]), int(raster_shape[1]))
+        self.samples, self.margin = (int(samples[0]), int(samples[1])), (float(margin[0]), float(margin[1]))
+        self.feat_channels, self.detach_features = int(feat_channels), bool(detach_features)
+        self.dir_weight, self.vel_weight, self.vel_loss = float(dir_weight), float(vel_weight), vel_loss
+        n_ch = self.feat_channels + 2 * (len(tb) - 1)
+        n_in = n_ch * self.samples[0] * self.samples[1]
+        self.input_norm = nn.BatchNorm2d(n_ch)   # per channel over (query, sample): counts, heights and features
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.dir = nn.Linear(hidden, 1)
+        self.vel = nn.Linear(hidden, 2)
+
+    def forward(self, feat: torch.Tensor | None, points: Sequence[torch.Tensor], centers: torch.Tensor,
+                sizes: torch.Tensor, yaw: torch.Tensor) -> dict:
+        B, Q = yaw.shape
+        if centers.shape != (B, Q, 2) or sizes.shape != (B, Q, 2):
+            raise ValueError(f"centers and sizes must be [{B}, {Q}, 2], got {tuple(centers.shape)}, "
+                             f"{tuple(sizes.shape)}")
+        if not isinstance(points, (list, tuple)) or len(points) != B:
+            raise ValueError(f"points must be a list of {B} [P_i, >=5] tensors (x, y, z, intensity, Δt)")
+        dt = self.dir.weight.dtype
+        xy = box_sample_points(centers.detach().to(dt), sizes.detach().to(dt), yaw.detach().to(dt), self.samples,
+                               self.margin)
+        raster = roi_raster(points, self.time_bins, self.point_cloud_range, self.raster_shape).to(xy.device, dt)
+        parts = [sample_bev(raster, xy, self.point_cloud_range)]                 # [B, 2T, Q, S]
+        if self.feat_channels:
+            if feat is None or feat.shape[:2] != (B, self.feat_channels):
+                raise ValueError(f"feat must be [{B}, {self.feat_channels}, X, Y], got "
+                                 f"{None if feat is None else tuple(feat.shape)}")
+            f = feat.detach() if self.detach_features else feat
+            parts.append(sample_bev(f.to(dt), xy, self.point_cloud_range))
+        x = self.input_norm(torch.cat(parts, 1)).permute(0, 2, 1, 3).reshape(B, Q, -1)   # [B, Q, C * S]
+        h = self.mlp(x)
+        return {"dir": self.dir(h)[..., 0], "vel": self.vel(h)}
+
+    @staticmethod
+    def to_box_frame(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        """``v [..., 2]`` (x, y) -> (forward, left) in the frame of ``yaw [...]``."""
+        c, s = torch.cos(yaw), torch.sin(yaw)
+        return torch.stack([c * v[..., 0] + s * v[..., 1], -s * v[..., 0] + c * v[..., 1]], -1)
+
+    @staticmethod
+    def from_box_frame(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_box_frame`."""
+        c, s = torch.cos(yaw), torch.sin(yaw)
+        return torch.stack([c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]], -1)
+
+    def loss(self, dir_logit: torch.Tensor, vel: torch.Tensor, yaw: torch.Tensor, gt_yaw: torch.Tensor,
+             gt_vel: torch.Tensor, avg_factor: float) -> dict:
+        """Summed over ``N`` matched queries, divided by ``avg_factor``: ``loss_dir`` = BCE of ``dir_logit [N]``
+        against ``cos(gt_yaw - yaw) < 0``; ``loss_vel`` = L1 / L2 of ``vel [N, 2]`` against ``gt_vel [N, 2]``
+        (x, y) turned into the frame of ``yaw [N]`` (the sampling frame)."""
+        flip = (torch.cos(gt_yaw - yaw) < 0).to(dir_logit.dtype)
+        bce = F.binary_cross_entropy_with_logits(dir_logit, flip, reduction="sum")
+        err = vel - self.to_box_frame(gt_vel.to(vel.dtype), yaw.to(vel.dtype))
+        err = err.abs() if self.vel_loss == "l1" else err.square()
+        a = max(float(avg_factor), 1.0)
+        return {"loss_dir": self.dir_weight * bce / a, "loss_vel": self.vel_weight * err.sum() / a}
