@@ -250,3 +250,31 @@ def test_head_wiring_flip_velocity_and_losses():
         TransFusionHead(16, 3, 10, hidden_channels=32, num_heads=4, nms_exempt_classes=(), bbox_coder=head.bbox_coder,
                         rot_bins=8,
                         refiner=torch.nn.Linear(2, 2))
+
+
+def test_gt_loss_reads_the_gt_boxes_with_random_reversals():
+    m = refiner(jitter=(0.0, 0.0, 0.0)).eval()
+    g = torch.Generator().manual_seed(7)
+    pts = [cloud(400, g), cloud(200, g)]
+    feat = torch.randn(2, 4, 8, 8, generator=g)
+    gt = [torch.tensor([[1.0, 2.0, -1.0, 4.0, 1.8, 1.5, 0.3, 3.0, 1.0], [-3.0, 0.5, -1.0, 0.8, 0.7, 1.7, -2.0, 0.0, 0.0]]),
+          torch.zeros(0, 9)]
+    raster = roi_raster(pts, EDGES, PCR, (40, 32))
+    out = m.gt_loss(feat, raster, gt, generator=torch.Generator().manual_seed(0))
+    # the same draws by hand: noise [M, 5] first, then the reversal coin [M]
+    gg = torch.Generator().manual_seed(0)
+    torch.randn(2, 5, generator=gg)
+    flip = (torch.rand(2, generator=gg) < 0.5).float()
+    yaw = gt[0][:, 6] + math.pi * flip
+    r = m(feat[:1], None, gt[0][None, :, :2], gt[0][None, :, 3:5], yaw[None], raster=raster[:1])
+    ref = m.loss(r["dir"][0], r["vel"][0], yaw, gt[0][:, 6], gt[0][:, 7:9], avg_factor=2)
+    torch.testing.assert_close(out["loss_dir"], ref["loss_dir"])
+    torch.testing.assert_close(out["loss_vel"], ref["loss_vel"])
+    empty = m.gt_loss(feat, raster, [torch.zeros(0, 9), torch.zeros(0, 9)])
+    assert float(empty["loss_dir"].detach()) == 0.0 and float(empty["loss_vel"].detach()) == 0.0
+    with pytest.raises(ValueError, match="gt_boxes"):
+        m.gt_loss(feat, raster, gt[:1])
+    with pytest.raises(ValueError, match="raster"):
+        m(feat, None, torch.zeros(2, 1, 2), torch.ones(2, 1, 2), torch.zeros(2, 1), raster=raster[:, :3])
+    with pytest.raises(ValueError, match="jitter"):
+        refiner(jitter=(0.1, 0.1))

@@ -82,8 +82,13 @@ class BoxFrameRefiner(nn.Module):
     """Heading direction and velocity of each query box, read in the box's own frame.
 
     ``forward(feat [B, C, X, Y], points: list of B [P_i, >=5], centers [B, Q, 2] m, sizes [B, Q, 2] (l, w) m,
-    yaw [B, Q]) -> {"dir": [B, Q] logit that the heading is yaw + pi, "vel": [B, Q, 2] (forward, left) m/s in the
-    frame of yaw}``. Box inputs are treated as constants (no gradient through the sample positions).
+    yaw [B, Q], raster=None) -> {"dir": [B, Q] logit that the heading is yaw + pi, "vel": [B, Q, 2] (forward,
+    left) m/s in the frame of yaw, "raster": the point raster [B, 2T, X', Y'] (pass it back to skip
+    rebuilding it)}``. Box inputs are treated as constants (no gradient through the sample positions).
+
+    Training (:meth:`gt_loss`) runs on the ground-truth boxes, jittered and with the axis reversed at random, not
+    on the first stage's proposals: from the first step the samples sit on real objects (early proposals are
+    noise, on which an MLP learns only constants), and every box is a training example.
 
     Args:
         feat_channels: C of ``feat`` (the head's shared features); 0 to read only the point raster.
@@ -94,12 +99,15 @@ class BoxFrameRefiner(nn.Module):
             object lies behind it: 10 m/s over a 0.45 s sweep window is 4.5 m).
         hidden: MLP width. detach_features: sample ``feat.detach()`` so these losses train only this module.
         dir_weight, vel_weight: loss weights; vel_loss: ``"l1"`` or ``"l2"`` on the box-frame velocity.
+        jitter: std of the training boxes' centre (m), yaw (rad) and log size noise, so that the module also
+            reads proposals that are a little off.
     """
 
     def __init__(self, feat_channels: int, point_cloud_range: Sequence[float], raster_shape: Sequence[int],
                  time_bins: Sequence[float] = (0.0, 0.025, 0.125, 0.275, 0.5), samples: Sequence[int] = (12, 4),
                  margin: Sequence[float] = (1.5, 0.3), hidden: int = 128, detach_features: bool = True,
-                 dir_weight: float = 1.0, vel_weight: float = 0.25, vel_loss: str = "l1") -> None:
+                 dir_weight: float = 1.0, vel_weight: float = 0.25, vel_loss: str = "l1",
+                 jitter: Sequence[float] = (0.2, 0.15, 0.1)) -> None:
         super().__init__()
         pcr = [float(v) for v in point_cloud_range]
         if len(pcr) != 6 or not all(math.isfinite(v) for v in pcr) or pcr[3] <= pcr[0] or pcr[4] <= pcr[1] \
@@ -124,6 +132,9 @@ class BoxFrameRefiner(nn.Module):
         self.samples, self.margin = (int(samples[0]), int(samples[1])), (float(margin[0]), float(margin[1]))
         self.feat_channels, self.detach_features = int(feat_channels), bool(detach_features)
         self.dir_weight, self.vel_weight, self.vel_loss = float(dir_weight), float(vel_weight), vel_loss
+        if len(jitter) != 3 or min(jitter) < 0:
+            raise ValueError(f"jitter must be 3 values >= 0 (centre m, yaw rad, log size), got {jitter!r}")
+        self.jitter = tuple(float(j) for j in jitter)
         n_ch = self.feat_channels + 2 * (len(tb) - 1)
         n_in = n_ch * self.samples[0] * self.samples[1]
         self.input_norm = nn.BatchNorm2d(n_ch)   # per channel over (query, sample): counts, heights and features
@@ -133,17 +144,22 @@ class BoxFrameRefiner(nn.Module):
         self.vel = nn.Linear(hidden, 2)
 
     def forward(self, feat: torch.Tensor | None, points: Sequence[torch.Tensor], centers: torch.Tensor,
-                sizes: torch.Tensor, yaw: torch.Tensor) -> dict:
+                sizes: torch.Tensor, yaw: torch.Tensor, raster: torch.Tensor | None = None) -> dict:
         B, Q = yaw.shape
         if centers.shape != (B, Q, 2) or sizes.shape != (B, Q, 2):
             raise ValueError(f"centers and sizes must be [{B}, {Q}, 2], got {tuple(centers.shape)}, "
                              f"{tuple(sizes.shape)}")
-        if not isinstance(points, (list, tuple)) or len(points) != B:
-            raise ValueError(f"points must be a list of {B} [P_i, >=5] tensors (x, y, z, intensity, Δt)")
         dt = self.dir.weight.dtype
         xy = box_sample_points(centers.detach().to(dt), sizes.detach().to(dt), yaw.detach().to(dt), self.samples,
                                self.margin)
-        raster = roi_raster(points, self.time_bins, self.point_cloud_range, self.raster_shape).to(xy.device, dt)
+        if raster is None:
+            if not isinstance(points, (list, tuple)) or len(points) != B:
+                raise ValueError(f"points must be a list of {B} [P_i, >=5] tensors (x, y, z, intensity, Δt)")
+            raster = roi_raster(points, self.time_bins, self.point_cloud_range, self.raster_shape)
+        elif raster.shape != (B, 2 * (len(self.time_bins) - 1), *self.raster_shape):
+            raise ValueError(f"raster must be [{B}, {2 * (len(self.time_bins) - 1)}, {self.raster_shape[0]}, "
+                             f"{self.raster_shape[1]}], got {tuple(raster.shape)}")
+        raster = raster.to(xy.device, dt)
         parts = [sample_bev(raster, xy, self.point_cloud_range)]                 # [B, 2T, Q, S]
         if self.feat_channels:
             if feat is None or feat.shape[:2] != (B, self.feat_channels):
@@ -153,7 +169,7 @@ class BoxFrameRefiner(nn.Module):
             parts.append(sample_bev(f.to(dt), xy, self.point_cloud_range))
         x = self.input_norm(torch.cat(parts, 1)).permute(0, 2, 1, 3).reshape(B, Q, -1)   # [B, Q, C * S]
         h = self.mlp(x)
-        return {"dir": self.dir(h)[..., 0], "vel": self.vel(h)}
+        return {"dir": self.dir(h)[..., 0], "vel": self.vel(h), "raster": raster}
 
     @staticmethod
     def to_box_frame(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
@@ -178,3 +194,32 @@ class BoxFrameRefiner(nn.Module):
         err = err.abs() if self.vel_loss == "l1" else err.square()
         a = max(float(avg_factor), 1.0)
         return {"loss_dir": self.dir_weight * bce / a, "loss_vel": self.vel_weight * err.sum() / a}
+
+    def gt_loss(self, feat: torch.Tensor | None, raster: torch.Tensor, gt_boxes: Sequence[torch.Tensor],
+                generator: torch.Generator | None = None) -> dict:
+        """``loss_dir`` / ``loss_vel`` (:meth:`loss`, averaged over all boxes) on the ground truth: each box of
+        ``gt_boxes`` (B tensors ``[M_i, 9]`` (x, y, z, l, w, h, yaw, vx, vy)) jittered by ``jitter`` and read in the
+        frame of its yaw reversed with probability 1/2. ``feat`` ``[B, C, X, Y]`` / ``raster`` as :meth:`forward`."""
+        if len(gt_boxes) != raster.shape[0]:
+            raise ValueError(f"gt_boxes must be a list of {raster.shape[0]} [M_i, 9] tensors, got {len(gt_boxes)}")
+        total = sum(int(b.shape[0]) for b in gt_boxes)
+        zero = raster.new_zeros(()) + 0 * sum(p.sum() for p in self.parameters())   # keeps DDP's graph whole
+        if total == 0:
+            return {"loss_dir": zero, "loss_vel": zero}
+        dev = raster.device
+        out = {"loss_dir": zero, "loss_vel": zero}
+        for b, gt in enumerate(gt_boxes):
+            if not len(gt):
+                continue
+            gt = gt.detach().to(dev, torch.float32)
+            M = gt.shape[0]
+            noise = torch.randn(M, 5, generator=generator).to(dev)
+            flip = (torch.rand(M, generator=generator) < 0.5).to(dev, torch.float32)
+            centers = gt[:, :2] + self.jitter[0] * noise[:, :2]
+            sizes = gt[:, 3:5] * torch.exp(self.jitter[2] * noise[:, 2:4])
+            yaw = gt[:, 6] + math.pi * flip + self.jitter[1] * noise[:, 4]
+            r = self(None if feat is None else feat[b:b + 1], None, centers[None], sizes[None], yaw[None],
+                     raster=raster[b:b + 1])
+            part = self.loss(r["dir"][0], r["vel"][0], yaw, gt[:, 6], gt[:, 7:9], avg_factor=total)
+            out = {k: out[k] + part[k] for k in out}
+        return out

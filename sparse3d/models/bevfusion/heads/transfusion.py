@@ -135,8 +135,9 @@ class TransFusionHead(nn.Module):
             branch): samples the shared features and a point raster in the frame of each query's box, flips the
             heading where its ``dir`` logit is > 0 and gives the velocity (the per-query ``vel`` branch is
             dropped); ``forward(bev, points=...)`` then needs the point clouds, and the loss adds its
-            ``loss_dir`` / ``loss_vel`` over the matched queries. Extra prediction keys: ``rot_axis [B, P]`` (the
-            sampling yaw), ``dir [B, P]``, ``vel_box [B, P, 2]``.
+            ``loss_dir`` / ``loss_vel`` (:meth:`BoxFrameRefiner.gt_loss`, on the jittered GT boxes). Extra
+            prediction keys: ``rot_axis [B, P]`` (the sampling yaw), ``dir [B, P]``, ``vel_box [B, P, 2]``,
+            ``refine_raster`` and ``refine_feat`` (the refiner's inputs, for the loss).
     """
 
     def __init__(self, in_channels: int, num_classes: int = 10, num_proposals: int = 200,
@@ -307,7 +308,8 @@ class TransFusionHead(nn.Module):
             flipped = yaw + math.pi * (ref["dir"].detach() > 0).to(yaw.dtype)
             preds["rot"] = torch.stack([flipped.sin(), flipped.cos()], 1)
             preds["vel"] = self.refiner.from_box_frame(ref["vel"], yaw).transpose(1, 2)       # [B, 2, P]
-            preds.update(rot_axis=yaw, dir=ref["dir"], vel_box=ref["vel"])
+            preds.update(rot_axis=yaw, dir=ref["dir"], vel_box=ref["vel"], refine_raster=ref["raster"],
+                         refine_feat=feat)
         if self.dense_keys:
             parts = {}
             if self.motion_channels:
@@ -443,9 +445,9 @@ class TransFusionHead(nn.Module):
             per = self.heading.loss(preds["rot_bin"].transpose(1, 2)[pos], preds["rot_res"].transpose(1, 2)[pos], yaw)
             w = float(self.code_weights[6:8].mean())
             out["loss_rot"] = self.loss_bbox_weight * w * per.sum() / num_pos
-        if self.refiner is not None:
-            out.update(self.refiner.loss(preds["dir"][pos], preds["vel_box"][pos], preds["rot_axis"][pos], yaw,
-                                         bbox_targets[..., 8:10][pos], num_pos))
+        if self.refiner is not None:   # trained on the (jittered) GT boxes, not on the proposals
+            out.update(self.refiner.gt_loss(preds["refine_feat"], preds["refine_raster"],
+                                            [g.to(codes.device, torch.float32) for g in gt_boxes]))
         if self.dense_keys:
             dense = preds["dense_reg"]
             tw = [self.dense_target(gt_boxes[b].to(dense.device, dense.dtype)) for b in range(batch)]
