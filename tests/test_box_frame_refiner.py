@@ -278,3 +278,24 @@ def test_gt_loss_reads_the_gt_boxes_with_random_reversals():
         m(feat, None, torch.zeros(2, 1, 2), torch.ones(2, 1, 2), torch.zeros(2, 1), raster=raster[:, :3])
     with pytest.raises(ValueError, match="jitter"):
         refiner(jitter=(0.1, 0.1))
+
+
+def test_centroid_features_by_hand_and_in_the_mlp_input():
+    m = refiner(centroids=True, samples=(4, 2), margin=(0.5, 0.0))
+    sizes = torch.tensor([[[4.0, 2.0]]])
+    # sample u: -1.875 -0.625 0.625 1.875 (each for v = -0.5, 0.5); counts: bin 0 at the front, bin 1 behind
+    cnt = torch.zeros(1, 3, 1, 8)
+    cnt[0, 0, 0, 6] = 3.0     # u = 1.875, v = -0.5
+    cnt[0, 0, 0, 7] = 1.0     # u = 1.875, v = 0.5
+    cnt[0, 1, 0, 0] = 2.0     # u = -1.875, v = -0.5
+    samples = torch.cat([torch.log1p(cnt), torch.rand(1, 3, 1, 8)], 1)
+    f = m.centroid_features(samples, sizes)[0, :, 0]
+    torch.testing.assert_close(f, torch.tensor([1.875, -1.875, 0.0, -0.25, -0.5, 0.0,
+                                                math.log1p(4.0), math.log1p(2.0), 0.0]))
+    assert m.mlp[0].in_features == (4 + 6) * 8 + 9
+    g = torch.Generator().manual_seed(8)
+    out = m(torch.randn(1, 4, 8, 8, generator=g), [cloud(300, g)], torch.zeros(1, 1, 2), sizes, torch.zeros(1, 1))
+    assert out["vel"].shape == (1, 1, 2)
+    m.train()   # one box of one sample trains (no per-query batch norm)
+    assert torch.isfinite(m.gt_loss(torch.randn(1, 4, 8, 8, generator=g), out["raster"],
+                                    [torch.tensor([[0.0, 0.0, -1.0, 4.0, 2.0, 1.5, 0.2, 1.0, 0.0]])])["loss_vel"])

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..lidar.sparse_encoder import time_cells
 
-__all__ = ["BoxFrameRefiner", "roi_raster", "box_sample_points", "sample_bev"]
+__all__ = ["BoxFrameRefiner", "roi_raster", "box_sample_uv", "box_sample_points", "sample_bev"]
 
 
 def roi_raster(points: Sequence[torch.Tensor], time_bins: Sequence[float], point_cloud_range: Sequence[float],
@@ -50,6 +50,18 @@ def roi_raster(points: Sequence[torch.Tensor], time_bins: Sequence[float], point
     return out
 
 
+def box_sample_uv(sizes: torch.Tensor, samples: Sequence[int], margin: Sequence[float]):
+    """Box-frame sample coordinates ``(u, v)``, each ``[B, Q, nu * nv]`` metres (``u`` forward, ``v`` left) of
+    :func:`box_sample_points` for ``sizes`` ``[B, Q, 2]`` (l, w)."""
+    nu, nv = int(samples[0]), int(samples[1])
+    dt = sizes.dtype
+    fu = (torch.arange(nu, dtype=dt, device=sizes.device) + 0.5) / nu - 0.5    # [nu] in (-0.5, 0.5)
+    fv = (torch.arange(nv, dtype=dt, device=sizes.device) + 0.5) / nv - 0.5
+    u = fu[:, None].expand(nu, nv).reshape(-1) * (sizes[..., :1] + 2 * margin[0])  # [B, Q, S]
+    v = fv[None, :].expand(nu, nv).reshape(-1) * (sizes[..., 1:2] + 2 * margin[1])
+    return u, v
+
+
 def box_sample_points(centers: torch.Tensor, sizes: torch.Tensor, yaw: torch.Tensor, samples: Sequence[int],
                       margin: Sequence[float]) -> torch.Tensor:
     """``[B, Q, nu * nv, 2]`` metres: an ``nu x nv`` grid of cell centres over each box grown by ``margin``
@@ -58,12 +70,7 @@ def box_sample_points(centers: torch.Tensor, sizes: torch.Tensor, yaw: torch.Ten
     Args:
         centers: ``[B, Q, 2]``; sizes: ``[B, Q, 2]`` (l, w); yaw: ``[B, Q]``.
     """
-    nu, nv = int(samples[0]), int(samples[1])
-    dt = centers.dtype
-    fu = (torch.arange(nu, dtype=dt, device=centers.device) + 0.5) / nu - 0.5    # [nu] in (-0.5, 0.5)
-    fv = (torch.arange(nv, dtype=dt, device=centers.device) + 0.5) / nv - 0.5
-    u = fu[:, None].expand(nu, nv).reshape(-1) * (sizes[..., :1] + 2 * margin[0])  # [B, Q, S]
-    v = fv[None, :].expand(nu, nv).reshape(-1) * (sizes[..., 1:2] + 2 * margin[1])
+    u, v = box_sample_uv(sizes, samples, margin)
     c, s = torch.cos(yaw)[..., None], torch.sin(yaw)[..., None]
     return torch.stack([centers[..., :1] + u * c - v * s, centers[..., 1:2] + u * s + v * c], -1)
 
@@ -101,13 +108,16 @@ class BoxFrameRefiner(nn.Module):
         dir_weight, vel_weight: loss weights; vel_loss: ``"l1"`` or ``"l2"`` on the box-frame velocity.
         jitter: std of the training boxes' centre (m), yaw (rad) and log size noise, so that the module also
             reads proposals that are a little off.
+        centroids: also give the MLP, per Δt bin, the count-weighted mean box-frame position ``(u, v)`` (m) of the
+            sampled raster and its ``log1p`` total: the trail of a moving object as ``T`` centroids, so that the
+            velocity is about a linear function of the input.
     """
 
     def __init__(self, feat_channels: int, point_cloud_range: Sequence[float], raster_shape: Sequence[int],
                  time_bins: Sequence[float] = (0.0, 0.025, 0.125, 0.275, 0.5), samples: Sequence[int] = (12, 4),
                  margin: Sequence[float] = (1.5, 0.3), hidden: int = 128, detach_features: bool = True,
                  dir_weight: float = 1.0, vel_weight: float = 0.25, vel_loss: str = "l1",
-                 jitter: Sequence[float] = (0.2, 0.15, 0.1)) -> None:
+                 jitter: Sequence[float] = (0.2, 0.15, 0.1), centroids: bool = False) -> None:
         super().__init__()
         pcr = [float(v) for v in point_cloud_range]
         if len(pcr) != 6 or not all(math.isfinite(v) for v in pcr) or pcr[3] <= pcr[0] or pcr[4] <= pcr[1] \
@@ -138,6 +148,9 @@ class BoxFrameRefiner(nn.Module):
         n_ch = self.feat_channels + 2 * (len(tb) - 1)
         n_in = n_ch * self.samples[0] * self.samples[1]
         self.input_norm = nn.BatchNorm2d(n_ch)   # per channel over (query, sample): counts, heights and features
+        self.centroids = bool(centroids)
+        if self.centroids:
+            n_in += 3 * (len(tb) - 1)
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
         self.dir = nn.Linear(hidden, 1)
@@ -161,6 +174,7 @@ class BoxFrameRefiner(nn.Module):
                              f"{self.raster_shape[1]}], got {tuple(raster.shape)}")
         raster = raster.to(xy.device, dt)
         parts = [sample_bev(raster, xy, self.point_cloud_range)]                 # [B, 2T, Q, S]
+        extra = self.centroid_features(parts[0], sizes.detach().to(dt)) if self.centroids else None
         if self.feat_channels:
             if feat is None or feat.shape[:2] != (B, self.feat_channels):
                 raise ValueError(f"feat must be [{B}, {self.feat_channels}, X, Y], got "
@@ -168,8 +182,22 @@ class BoxFrameRefiner(nn.Module):
             f = feat.detach() if self.detach_features else feat
             parts.append(sample_bev(f.to(dt), xy, self.point_cloud_range))
         x = self.input_norm(torch.cat(parts, 1)).permute(0, 2, 1, 3).reshape(B, Q, -1)   # [B, Q, C * S]
+        if extra is not None:
+            x = torch.cat([x, extra.transpose(1, 2)], -1)
         h = self.mlp(x)
         return {"dir": self.dir(h)[..., 0], "vel": self.vel(h), "raster": raster}
+
+    def centroid_features(self, samples: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """``[B, 3 T, Q]``: per Δt bin the count-weighted mean ``u``, mean ``v`` (m, box frame; 0 without points) and
+        ``log1p`` of the summed counts of the raster ``samples`` ``[B, 2 T, Q, S]`` (counts are ``expm1`` of the
+        first T channels) of boxes with ``sizes`` ``[B, Q, 2]``."""
+        T = len(self.time_bins) - 1
+        cnt = torch.expm1(samples[:, :T]).clamp(min=0)                   # [B, T, Q, S]
+        u, v = box_sample_uv(sizes, self.samples, self.margin)          # [B, Q, S]
+        tot = cnt.sum(-1)                                                 # [B, T, Q]
+        mu = (cnt * u[:, None]).sum(-1) / tot.clamp(min=1e-6)
+        mv = (cnt * v[:, None]).sum(-1) / tot.clamp(min=1e-6)
+        return torch.cat([mu, mv, torch.log1p(tot)], 1)
 
     @staticmethod
     def to_box_frame(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
