@@ -23,10 +23,11 @@ def coder_rect():
     return TransFusionBBoxCoder((-8.0, -4.8, -3.0, 8.0, 4.8, 3.0), (0.2, 0.2), 4)
 
 
-def make_head(coder, in_channels=16, num_classes=3, num_proposals=12):
+def make_head(coder, in_channels=16, num_classes=3, num_proposals=12, **kw):
     torch.manual_seed(0)
     return TransFusionHead(in_channels, num_classes, num_proposals, hidden_channels=32, num_heads=2,
-                           ffn_channels=64, head_channels=32, dropout=0.0, nms_exempt_classes=(), bbox_coder=coder)
+                           ffn_channels=64, head_channels=32, dropout=0.0, nms_exempt_classes=(), bbox_coder=coder,
+                           **kw)
 
 
 def random_boxes(n, coder, g, margin=1.0):
@@ -38,6 +39,33 @@ def random_boxes(n, coder, g, margin=1.0):
     yaw = (2 * torch.rand(n, 1, generator=g) - 1) * math.pi
     vel = 10.0 * (torch.rand(n, 2, generator=g) - 0.5)
     return torch.cat([xy, z, lwh, yaw, vel], 1)
+
+
+def bev_carrying_codes(coder, gt, labels, g, channels=16):
+    """``[B, channels, X, Y]`` noise with each box's 10 codes (centre as the offset from its cell centre) on its
+    3x3 cells in channels 0-9 and a class mark (+2) at its centre cell in channel ``10 + label``, as a backbone
+    that has learned them would provide."""
+    X, Y = coder.grid_size
+    bev = 0.1 * torch.randn(len(gt), channels, X, Y, generator=g)
+    for b in range(len(gt)):
+        codes = coder.encode(gt[b])
+        codes[:, :2] -= codes[:, :2].floor() + 0.5  # offset from the cell centre
+        for (ix, iy), c, lab in zip(coder.to_cells(gt[b][:, :2]).floor().long().tolist(), codes, labels[b]):
+            bev[b, :10, ix - 1:ix + 2, iy - 1:iy + 2] = c[:, None, None]
+            bev[b, 10 + lab, ix, iy] += 2.0
+    return bev
+
+
+def fit(head, bev, gt, labels, steps, lr=3e-3):
+    """``steps`` Adam steps of the head's summed losses on one fixed batch (the head left in train mode)."""
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    head.train()
+    for _ in range(steps):
+        losses = head.loss(head(bev), gt, labels)
+        opt.zero_grad()
+        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        opt.step()
+    return losses
 
 
 def test_encode_decode_round_trip_and_cell_units():
@@ -130,28 +158,19 @@ def test_bbox_loss_reaches_every_regression_branch_through_matched_queries_only(
     assert head.prediction_head.heatmap[-1].weight.grad is None  # the class branch gets no box gradient
 
 
-def test_head_fits_every_box_code_when_the_features_carry_it():
+@pytest.mark.parametrize("rot_bins", [0, 12])
+def test_head_fits_every_box_code_when_the_features_carry_it(rot_bins):
     """Overfit one batch of 2 samples: the BEV map carries each box's codes (heading as sin/cos, velocity) on
     its 3x3 cells as a backbone would; 150 Adam steps fit every code of every matched query, and get_bboxes
-    returns the headings within 10 deg and the velocities within 0.5 m/s."""
+    returns the headings within 10 deg and the velocities within 0.5 m/s. Also with the heading as 12 bins
+    (``rot_bins``; its (sin, cos) codes are then the decoded yaw's)."""
     coder = TransFusionBBoxCoder((-8.0, -8.0, -3.0, 8.0, 8.0, 3.0), (0.2, 0.2), 4)  # 20 x 20 cells
-    head = make_head(coder, num_proposals=10)
+    head = make_head(coder, num_proposals=10, rot_bins=rot_bins)
     g = torch.Generator().manual_seed(4)
     gt = [random_boxes(4, coder, g, margin=1.5), random_boxes(4, coder, g, margin=1.5)]
     labels = [torch.tensor([0, 1, 2, 0]), torch.tensor([2, 1, 0, 1])]
-    bev = 0.1 * torch.randn(2, 16, 20, 20, generator=g)
-    for b in range(2):
-        codes = coder.encode(gt[b])
-        codes[:, :2] -= codes[:, :2].floor() + 0.5  # offset from the cell centre
-        for (ix, iy), c, lab in zip(coder.to_cells(gt[b][:, :2]).floor().long().tolist(), codes, labels[b]):
-            bev[b, :10, ix - 1:ix + 2, iy - 1:iy + 2] = c[:, None, None]
-            bev[b, 10 + lab, ix, iy] += 2.0
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    for _ in range(150):
-        losses = head.loss(head(bev), gt, labels)
-        opt.zero_grad()
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
-        opt.step()
+    bev = bev_carrying_codes(coder, gt, labels, g)
+    fit(head, bev, gt, labels, 150)
     head.train()
     with torch.no_grad():
         preds = head(bev)

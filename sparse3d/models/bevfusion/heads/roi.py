@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lidar.sparse_encoder import time_cells
+from ..lidar.sparse_encoder import time_binned_means
 
 __all__ = ["BoxFrameRefiner", "roi_raster", "box_sample_uv", "box_sample_points", "sample_bev"]
 
@@ -35,19 +35,9 @@ def roi_raster(points: Sequence[torch.Tensor], time_bins: Sequence[float], point
         points: B tensors ``[P_i, >=5]`` (x, y, z, intensity, Δt); points outside the range or the bins are skipped.
         time_bins: increasing Δt edges (s), ``T = len - 1``. shape: ``(X, Y)`` cells over the range.
     """
-    X, Y = int(shape[0]), int(shape[1])
-    T = len(time_bins) - 1
     z0, z1 = float(point_cloud_range[2]), float(point_cloud_range[5])
-    out = torch.zeros((len(points), 2 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
-    for b, p in enumerate(points):
-        if p.shape[0] == 0:
-            continue
-        flat, _, _, z = time_cells(p, time_bins, point_cloud_range, (X, Y), f"BoxFrameRefiner: points[{b}]")
-        n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(z))
-        h = torch.zeros_like(n).index_add_(0, flat, (z - z0) / (z1 - z0))
-        out[b, :T] = torch.log1p(n).view(T, X, Y).float()
-        out[b, T:] = (h / n.clamp(min=1)).view(T, X, Y).float()
-    return out
+    return time_binned_means(points, time_bins, point_cloud_range, shape, lambda fx, fy, z: [(z - z0) / (z1 - z0)], 1,
+                             "BoxFrameRefiner: points")
 
 
 def box_sample_uv(sizes: torch.Tensor, samples: Sequence[int], margin: Sequence[float]):

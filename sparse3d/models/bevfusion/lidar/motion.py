@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .sparse_encoder import time_cells
+from .sparse_encoder import time_binned_means
 
 __all__ = ["MotionEncoder"]
 
@@ -83,16 +83,6 @@ def _motion_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point
     """``[B, 3 T, X, Y]``: per Δt bin the ``log1p`` point count (channels ``0..T-1``, equal to :func:`time_raster`),
     then the mean x (``T..2T-1``) and y (``2T..3T-1``) offset of the points in a cell from its centre, in cell
     units (0 where empty); one binning pass (:func:`time_cells`) per point cloud."""
-    X, Y = int(shape[0]), int(shape[1])
-    T = len(edges) - 1
-    out = torch.zeros((len(points), 3 * T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
-    for b, p in enumerate(points):
-        if p.shape[0] == 0:
-            continue
-        flat, fx, fy, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"MotionEncoder: points[{b}]")
-        n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(fx))
-        out[b, :T] = torch.log1p(n).view(T, X, Y).float()
-        for j, f in enumerate((fx, fy), start=1):
-            s = torch.zeros_like(n).index_add_(0, flat, f - f.floor() - 0.5)
-            out[b, j * T:(j + 1) * T] = (s / n.clamp(min=1)).view(T, X, Y).float()
-    return out
+    return time_binned_means(points, edges, point_cloud_range, shape,
+                             lambda fx, fy, z: [fx - fx.floor() - 0.5, fy - fy.floor() - 0.5], 2,
+                             "MotionEncoder: points")

@@ -236,3 +236,32 @@ def time_cells(p: torch.Tensor, edges: Sequence[float], point_cloud_range: Seque
     ok = ((ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (q[:, 2] >= pr[2]) & (q[:, 2] < pr[5])
           & (t >= 0) & (t < T))
     return (t[ok] * X + ix[ok]) * Y + iy[ok], fx[ok], fy[ok], q[ok, 2]
+
+
+def time_binned_means(points: Sequence[torch.Tensor], edges: Sequence[float], point_cloud_range: Sequence[float],
+                      shape: Sequence[int], values, num_values: int, what: str = "points") -> torch.Tensor:
+    """``[B, T (1 + K), X, Y]`` float32: per Δt bin the ``log1p`` point count (channels ``0..T-1``, as
+    :func:`time_raster`), then for each of the K per-point values the mean over the points of a cell (channels
+    ``kT..(k+1)T-1``, 0 where empty); one binning pass (:func:`time_cells`) per point cloud.
+
+    Args:
+        values: ``values(fx, fy, z) -> list of K float64 [n]`` of the binned points (continuous cell coordinates
+            and height in metres, as :func:`time_cells` returns them); num_values: K.
+    """
+    X, Y = int(shape[0]), int(shape[1])
+    T = len(edges) - 1
+    out = torch.zeros((len(points), T * (1 + int(num_values)), X, Y), dtype=torch.float32,
+                      device=points[0].device if points else "cpu")
+    for b, p in enumerate(points):
+        if p.shape[0] == 0:
+            continue
+        flat, fx, fy, z = time_cells(p, edges, point_cloud_range, (X, Y), f"{what}[{b}]")
+        vals = values(fx, fy, z)
+        if len(vals) != num_values:
+            raise ValueError(f"{what}: values gave {len(vals)} per-point values, expected num_values={num_values}")
+        n = torch.zeros(T * X * Y, dtype=torch.float64, device=flat.device).index_add_(0, flat, torch.ones_like(z))
+        out[b, :T] = torch.log1p(n).view(T, X, Y).float()
+        for k, v in enumerate(vals, start=1):
+            s_ = torch.zeros_like(n).index_add_(0, flat, v)
+            out[b, k * T:(k + 1) * T] = (s_ / n.clamp(min=1)).view(T, X, Y).float()
+    return out
