@@ -63,7 +63,8 @@ def test_sample_bev_is_bilinear_interpolation_of_cell_centres():
     X, Y = 10, 8
     bev = torch.randn(1, 3, X, Y, generator=g, dtype=torch.float64)
     cell = (16.0 / X, 12.8 / Y)
-    xy = torch.rand(1, 5, 7, 2, generator=g, dtype=torch.float64) * torch.tensor([20.0, 16.0]) - torch.tensor([10.0, 8.0])
+    xy = torch.rand(1, 5, 7, 2, generator=g, dtype=torch.float64) * torch.tensor([20.0, 16.0]) \
+        - torch.tensor([10.0, 8.0])   # partly outside the map
     out = sample_bev(bev, xy, PCR)
     assert out.shape == (1, 3, 5, 7)
     for q in range(5):
@@ -257,7 +258,8 @@ def test_gt_loss_reads_the_gt_boxes_with_random_reversals():
     g = torch.Generator().manual_seed(7)
     pts = [cloud(400, g), cloud(200, g)]
     feat = torch.randn(2, 4, 8, 8, generator=g)
-    gt = [torch.tensor([[1.0, 2.0, -1.0, 4.0, 1.8, 1.5, 0.3, 3.0, 1.0], [-3.0, 0.5, -1.0, 0.8, 0.7, 1.7, -2.0, 0.0, 0.0]]),
+    gt = [torch.tensor([[1.0, 2.0, -1.0, 4.0, 1.8, 1.5, 0.3, 3.0, 1.0],
+                        [-3.0, 0.5, -1.0, 0.8, 0.7, 1.7, -2.0, 0.0, 0.0]]),
           torch.zeros(0, 9)]
     raster = roi_raster(pts, EDGES, PCR, (40, 32))
     out = m.gt_loss(feat, raster, gt, generator=torch.Generator().manual_seed(0))

@@ -396,8 +396,8 @@ class TransFusionHead(nn.Module):
             gt_labels: list of B int64 tensors ``[M_i]`` in ``[0, num_classes)``.
         Returns:
             ``loss_heatmap``, ``loss_cls``, ``loss_bbox``, with ``dense_keys`` ``loss_dense``, with ``rot_bins``
-            ``loss_rot``, with a ``refiner`` ``loss_dir`` and ``loss_vel`` (scalars to sum: every key starting with ``loss``) and
-            ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
+            ``loss_rot``, with a ``refiner`` ``loss_dir`` and ``loss_vel`` (scalars to sum: every key starting with
+            ``loss``) and ``matched_ious`` (detached mean 3D IoU of the matched queries, for logging).
         """
         dense = preds["dense_heatmap"]
         batch = dense.shape[0]

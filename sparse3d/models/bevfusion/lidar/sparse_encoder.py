@@ -205,15 +205,7 @@ def time_raster(points: Sequence[torch.Tensor], edges: Sequence[float], point_cl
         point_cloud_range: (xmin, ymin, zmin, xmax, ymax, zmax); points outside it are not counted.
         shape: ``(X, Y)`` cells over the x / y extent (the BEV layout of :func:`to_bev`).
     """
-    X, Y = int(shape[0]), int(shape[1])
-    T = len(edges) - 1
-    out = torch.zeros((len(points), T, X, Y), dtype=torch.float32, device=points[0].device if points else "cpu")
-    for b, p in enumerate(points):
-        if p.shape[0] == 0:
-            continue
-        flat, _, _, _ = time_cells(p, edges, point_cloud_range, (X, Y), f"time_raster: points[{b}]")
-        out[b].view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float32, device=flat.device))
-    return torch.log1p(out)
+    return time_binned_means(points, edges, point_cloud_range, shape, lambda fx, fy, z: [], 0, "time_raster: points")
 
 
 def time_cells(p: torch.Tensor, edges: Sequence[float], point_cloud_range: Sequence[float], shape: Sequence[int],
