@@ -222,8 +222,6 @@ class BoxFrameRefiner(nn.Module):
             raise ValueError(f"gt_boxes must be a list of {raster.shape[0]} [M_i, 9] tensors, got {len(gt_boxes)}")
         total = sum(int(b.shape[0]) for b in gt_boxes)
         zero = raster.new_zeros(()) + 0 * sum(p.sum() for p in self.parameters())   # keeps DDP's graph whole
-        if total == 0:
-            return {"loss_dir": zero, "loss_vel": zero}
         dev = raster.device
         out = {"loss_dir": zero, "loss_vel": zero}
         for b, gt in enumerate(gt_boxes):
