@@ -28,7 +28,7 @@ from torch import nn
 
 from ....nn.functional.bev_pool import BEVPoolCache, BEVPoolPlan, bev_pool_depth, bev_pool_with_plan
 
-__all__ = ["create_frustum", "frustum_geometry", "grid_size", "geometry_to_cells", "lidar_depth_map",
+__all__ = ["create_frustum", "frustum_geometry", "grid_size", "geometry_to_cells", "points_to_image", "lidar_depth_map",
            "BaseTransform", "LSSTransform", "DepthLSSTransform"]
 
 Bound = Sequence[float]
@@ -154,14 +154,51 @@ def geometry_to_cells(geom: torch.Tensor, xbound: Bound, ybound: Bound,
     return cells, batch, valid
 
 
+def points_to_image(points: Sequence[torch.Tensor], camera2lidar: torch.Tensor, camera_intrinsics: torch.Tensor,
+                    img_aug_matrix: torch.Tensor, lidar_aug_matrix: torch.Tensor) -> List[torch.Tensor]:
+    """Augmented-image coordinates of points, through the inverse of the frustum chain.
+
+    A point ``p'`` (augmented LiDAR frame) -> ``lidar_aug^-1`` -> ``camera2lidar^-1`` -> ``K`` -> divide by depth
+    -> ``img_aug``.
+
+    Args:
+        points: list of B tensors ``[P_b, >=3]`` (x, y, z, ...).
+        camera2lidar ``[B, N, 4, 4]``, camera_intrinsics ``[B, N, 4, 4]`` or ``[B, N, 3, 3]``,
+        img_aug_matrix ``[B, N, 4, 4]``, lidar_aug_matrix ``[B, 4, 4]``.
+    Returns:
+        list of B float64 tensors ``[N, P_b, 3]``: ``(u', v', depth)`` with depth the camera z in metres
+        (``u', v'`` are meaningless where depth <= 0).
+    """
+    B, N = camera2lidar.shape[:2]
+    if len(points) != B:
+        raise ValueError(f"points must be a list of B={B} tensors, got {len(points)}")
+    dev = camera2lidar.device
+    c2l, K, aug, laug = _mats(camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix, B, N)
+    l2c = _inv(c2l, "camera2lidar")
+    linv = _inv(laug, "lidar_aug_matrix")
+    out = []
+    for b in range(B):
+        p = points[b]
+        if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[1] < 3:
+            raise ValueError(f"points[{b}] must be a [P, >=3] tensor, got {getattr(p, 'shape', type(p))}")
+        xyz = p[:, :3].to(dev, torch.float64)
+        xyz = xyz @ linv[b, :3, :3].T + linv[b, :3, 3]
+        cam = torch.einsum("nij,pj->npi", l2c[b, :, :3, :3], xyz) + l2c[b, :, None, :3, 3]  # [N, P, 3]
+        pix = torch.einsum("nij,npj->npi", K[b], cam)
+        d = cam[..., 2]
+        uv = pix[..., :2] / pix[..., 2:3].clamp(min=1e-6)
+        q = torch.cat((uv, d.unsqueeze(-1)), -1)
+        out.append(torch.einsum("nij,npj->npi", aug[b, :, :3, :3], q) + aug[b, :, None, :3, 3])
+    return out
+
+
 def lidar_depth_map(points: Sequence[torch.Tensor], camera2lidar: torch.Tensor, camera_intrinsics: torch.Tensor,
                     img_aug_matrix: torch.Tensor, lidar_aug_matrix: torch.Tensor,
                     image_size: Sequence[int]) -> torch.Tensor:
-    """Sparse LiDAR depth image per camera, through the inverse of the frustum chain.
+    """Sparse LiDAR depth image per camera (points projected by :func:`points_to_image`).
 
-    A point ``p'`` (augmented LiDAR frame) -> ``lidar_aug^-1`` -> ``camera2lidar^-1`` -> ``K`` ->
-    divide by depth -> ``img_aug`` -> pixel ``floor(u'), floor(v')``. Points with depth <= 1e-3 m
-    or outside the image are dropped; when several land on a pixel the nearest wins.
+    A point lands on pixel ``floor(u'), floor(v')``. Points with depth <= 1e-3 m or outside the image are
+    dropped; when several land on a pixel the nearest wins.
 
     Args:
         points: list of B tensors ``[P_b, >=3]`` (x, y, z, ...).
@@ -170,28 +207,14 @@ def lidar_depth_map(points: Sequence[torch.Tensor], camera2lidar: torch.Tensor, 
         ``[B, N, 1, iH, iW]`` float32 depth (camera z, metres), 0 where no point.
     """
     B, N = camera2lidar.shape[:2]
-    if len(points) != B:
-        raise ValueError(f"points must be a list of B={B} tensors, got {len(points)}")
     iH, iW = (int(s) for s in image_size)
     dev = camera2lidar.device
     out = torch.zeros(B, N, iH * iW, dtype=torch.float32, device=dev)
-    c2l, K, aug, laug = _mats(camera2lidar, camera_intrinsics, img_aug_matrix, lidar_aug_matrix, B, N)
-    l2c = _inv(c2l, "camera2lidar")
-    linv = _inv(laug, "lidar_aug_matrix")
-    for b in range(B):
-        p = points[b]
-        if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[1] < 3:
-            raise ValueError(f"points[{b}] must be a [P, >=3] tensor, got {getattr(p, 'shape', type(p))}")
-        if p.shape[0] == 0:
+    for b, q in enumerate(points_to_image(points, camera2lidar, camera_intrinsics, img_aug_matrix,
+                                          lidar_aug_matrix)):
+        if q.shape[1] == 0:
             continue
-        xyz = p[:, :3].to(dev, torch.float64)
-        xyz = xyz @ linv[b, :3, :3].T + linv[b, :3, 3]
-        cam = torch.einsum("nij,pj->npi", l2c[b, :, :3, :3], xyz) + l2c[b, :, None, :3, 3]  # [N, P, 3]
-        pix = torch.einsum("nij,npj->npi", K[b], cam)
-        d = cam[..., 2]
-        uv = pix[..., :2] / pix[..., 2:3].clamp(min=1e-6)
-        q = torch.cat((uv, d.unsqueeze(-1)), -1)
-        q = torch.einsum("nij,npj->npi", aug[b, :, :3, :3], q) + aug[b, :, None, :3, 3]
+        d = q[..., 2]
         u, v = torch.floor(q[..., 0]), torch.floor(q[..., 1])
         ok = (d > 1e-3) & (u >= 0) & (u < iW) & (v >= 0) & (v < iH)
         idx = (v * iW + u).long().clamp(0, iH * iW - 1)
