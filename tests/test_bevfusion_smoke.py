@@ -354,9 +354,15 @@ def test_tools_train_eval_lidar_small(root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["bevfusion_camera_tiny", "bevfusion_fusion_tiny"])
 def test_tools_train_eval_camera_and_fusion(root, tmp_path, experiment):
-    res, out, sub = _train_and_eval(root, tmp_path, experiment, SMALL_CAMERA, epochs=2)
-    assert sub["meta"]["use_camera"] and sub["meta"]["use_lidar"] == (experiment == "bevfusion_fusion_tiny")
+    fusion = experiment == "bevfusion_fusion_tiny"
+    staged = ["model.camera_from_epoch=1"] if fusion else []   # epoch 1 LiDAR only, epoch 2 fusion (+ aux head)
+    res, out, sub = _train_and_eval(root, tmp_path, experiment, SMALL_CAMERA + staged, epochs=2)
+    assert sub["meta"]["use_camera"] and sub["meta"]["use_lidar"] == fusion
     assert res["global_step"] == 4
+    if fusion:
+        state = torch.load(next(tmp_path.glob("**/checkpoints/last.pt")), map_location="cpu", weights_only=False)
+        assert int(state["model"]["trained_epoch"]) == 1
+        assert any(k.startswith("encoders.camera.aux_head.") for k in state["model"])
 
 
 # ---------------------------------------------------------------------------------------------- DDP validation

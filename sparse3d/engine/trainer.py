@@ -202,6 +202,8 @@ class Trainer:
             net.train()
             if hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
+            if callable(getattr(model, "set_epoch", None)):
+                model.set_epoch(epoch)   # epoch-dependent models (e.g. BEVFusion's camera_from_epoch)
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", disable=not (self.progress and main),
                        dynamic_ncols=True, leave=False)
             run_loss, run_n = 0.0, 0

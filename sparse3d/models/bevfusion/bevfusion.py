@@ -18,13 +18,17 @@ r"""BEVFusion composition (``mmdet3d/models/fusion_models/bevfusion.py``): encod
 - ``heads``: ``object`` (``TransFusionHead``: ``forward``, ``loss(preds, gt_boxes, gt_labels)``, ``get_bboxes``) and/or
   ``map`` (``BEVSegmentationHead``: ``forward``, ``loss(logits, gt_masks)``, ``predict``).
 
+A camera encoder with an ``aux_head`` (``CameraEncoder(aux_head=PerspectiveHead(...))``) adds image-plane
+supervision while training: ``outputs["camera_aux"]`` holds its logits and :meth:`BEVFusion.loss` adds
+``camera/loss_perspective`` against :func:`~sparse3d.models.bevfusion.camera.perspective.perspective_targets`.
+
 The batch is the dict of :func:`sparse3d.datasets.nuscenes.module.collate_nuscenes`; lists of tensors in it
 (``points``, ``gt_boxes``, ``gt_labels``) are moved to the model's device here.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -65,12 +69,20 @@ class BEVFusion(nn.Module):
             initialize every parameter / buffer of the same name and shape (see :meth:`load_matching`). Upstream
             BEVFusion trains the fusion model from a LiDAR-only checkpoint: its LiDAR encoder, decoder and heads
             load, the camera branch and the fuser start fresh.
+        camera_from_epoch: with both encoders, the camera branch is skipped (its BEV map is zeros, no image is
+            processed) while the epoch given to :meth:`set_epoch` is below this, so one run first trains the LiDAR
+            side and then the fusion (upstream trains a LiDAR-only model first, then fine-tunes the fusion model).
+            The trainer calls ``set_epoch`` before every epoch; the epoch is kept in the state dict
+            (``trained_epoch``), so a checkpoint of the LiDAR phase evaluates without the camera, and a model never
+            given an epoch uses the camera. Under DDP the camera parameters get no gradient in the LiDAR phase:
+            set ``trainer.find_unused_parameters=true``.
     """
 
     def __init__(self, encoders: Mapping[str, Any], fuser: Optional[nn.Module] = None, decoder: Any = None,
                  heads: Optional[Mapping[str, Any]] = None, loss_scale: Optional[Mapping[str, float]] = None,
                  score_threshold: float = 0.0, max_boxes: int = 500, bn_momentum: Optional[float] = None,
-                 init_from: Optional[str] = None, motion: Optional[nn.Module] = None) -> None:
+                 init_from: Optional[str] = None, motion: Optional[nn.Module] = None,
+                 camera_from_epoch: int = 0) -> None:
         super().__init__()
         if not isinstance(encoders, Mapping) or not encoders:
             raise ValueError("encoders must be a non-empty mapping with keys 'camera' and/or 'lidar'")
@@ -113,6 +125,15 @@ class BEVFusion(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = float(bn_momentum)
+        self.camera_from_epoch = int(camera_from_epoch)
+        if self.camera_from_epoch < 0:
+            raise ValueError(f"camera_from_epoch must be >= 0, got {camera_from_epoch}")
+        if self.camera_from_epoch > 0:
+            if self.fuser is None or not isinstance(getattr(self.fuser, "in_channels", None), Sequence):
+                raise ValueError(f"camera_from_epoch={camera_from_epoch} needs both encoders and a fuser with "
+                                 "in_channels [camera, lidar] (the camera map is zeros of that width until then)")
+            # persistent, so that a checkpoint saved in the LiDAR phase is evaluated as it was trained
+            self.register_buffer("trained_epoch", torch.tensor(-1, dtype=torch.long))
         self.init_report: Optional[Dict[str, List[str]]] = None
         if init_from is not None:
             self.init_report = self.load_matching(init_from)
@@ -139,6 +160,25 @@ class BEVFusion(nn.Module):
                 own[k].copy_(state[k])
         return {"loaded": loaded, "skipped": skipped}
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each (0-based) epoch; see ``camera_from_epoch``."""
+        if int(epoch) < 0:
+            raise ValueError(f"set_epoch: epoch must be >= 0, got {epoch}")
+        if self.camera_from_epoch > 0:
+            self.trained_epoch.fill_(int(epoch))
+
+    @property
+    def camera_active(self) -> bool:
+        """Whether the camera branch runs: always with ``camera_from_epoch=0``; otherwise unless the last epoch
+        given to :meth:`set_epoch` (stored in the state dict as ``trained_epoch``, -1 if never set) is below
+        ``camera_from_epoch``."""
+        if "camera" not in self.encoders:
+            return False
+        if self.camera_from_epoch == 0:
+            return True
+        e = int(self.trained_epoch)
+        return e < 0 or e >= self.camera_from_epoch
+
     # ------------------------------------------------------------------ properties
     @property
     def modalities(self) -> List[str]:
@@ -159,7 +199,7 @@ class BEVFusion(nn.Module):
         return p.device if p is not None else torch.device("cpu")
 
     # ------------------------------------------------------------------ forward
-    def _camera(self, enc: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
+    def _camera(self, enc: nn.Module, batch: Dict[str, Any], extras: Dict[str, Any]) -> torch.Tensor:
         keys = ("points", "camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar_aug_matrix")
         if isinstance(enc, nn.ModuleDict):
             img = batch["img"]
@@ -170,18 +210,34 @@ class BEVFusion(nn.Module):
             feats = feats.view(B, N, *feats.shape[1:])
             return enc["vtransform"](feats, *(batch.get(k) for k in keys))
         params = inspect.signature(enc.forward).parameters
-        return enc(**{k: v for k, v in batch.items() if k in params})
+        kw = {k: v for k, v in batch.items() if k in params}
+        aux = getattr(enc, "aux_head", None)
+        if aux is None or not self.training:
+            return enc(**kw)
+        bev, feats = enc(**kw, return_features=True)
+        extras["camera_aux"] = aux(feats.flatten(0, 1))
+        return bev
 
     def _lidar(self, enc: nn.Module, points: List[torch.Tensor]) -> torch.Tensor:
         if isinstance(enc, nn.ModuleDict):
             return enc["backbone"](enc["voxelize"](points), batch_size=len(points))
         return enc(points)
 
-    def extract_bev(self, batch: Dict[str, Any]) -> torch.Tensor:
-        """The fused BEV map ``[B, C, X, Y]`` (single encoder: its output)."""
-        feats = []
-        for name, enc in self.encoders.items():
-            feats.append(self._camera(enc, batch) if name == "camera" else self._lidar(enc, batch["points"]))
+    def extract_bev(self, batch: Dict[str, Any], extras: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        """The fused BEV map ``[B, C, X, Y]`` (single encoder: its output). Training-time auxiliary outputs of the
+        encoders (``camera_aux``) go into ``extras``."""
+        extras = {} if extras is None else extras
+        feats = {}
+        if "lidar" in self.encoders:
+            feats["lidar"] = self._lidar(self.encoders["lidar"], batch["points"])
+        if "camera" in self.encoders:
+            if self.camera_active:
+                feats["camera"] = self._camera(self.encoders["camera"], batch, extras)
+            else:
+                lid = feats["lidar"]
+                c = self.fuser.in_channels[list(self.encoders).index("camera")]
+                feats["camera"] = lid.new_zeros(lid.shape[0], c, *lid.shape[2:])
+        feats = [feats[k] for k in self.encoders]
         return self.fuser(feats) if self.fuser is not None else feats[0]
 
     def decode(self, bev: torch.Tensor) -> torch.Tensor:
@@ -210,9 +266,10 @@ class BEVFusion(nn.Module):
         if "camera" in self.encoders and "img" not in batch:
             raise ValueError("the camera encoder needs batch['img'] [B, N, 3, H, W] (dataset use_camera=true)")
         batch = self._to_device(batch)
-        bev = self.extract_bev(batch)
+        extras: Dict[str, Any] = {}
+        bev = self.extract_bev(batch, extras)
         x = self.decode(bev)
-        out: Dict[str, Any] = {"bev": bev, "features": x}
+        out: Dict[str, Any] = {"bev": bev, "features": x, **extras}
         for name, head in self.heads.items():
             kw = {}
             if name == "object" and self.motion is not None:
@@ -241,7 +298,21 @@ class BEVFusion(nn.Module):
             w = self.loss_scale.get("map", 1.0)
             for k, v in self.heads["map"].loss(outputs["map"], batch["gt_masks_bev"]).items():
                 out[f"map/{k}"] = w * v
+        if "camera_aux" in outputs:
+            out["camera/loss_perspective"] = self.loss_scale.get("camera", 1.0) * self._perspective_loss(
+                outputs["camera_aux"], batch)
         return out
+
+    def _perspective_loss(self, logits: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+        from .camera.perspective import perspective_targets
+        head = self.encoders["camera"].aux_head
+        for k in ("gt_boxes", "gt_labels"):
+            if k not in batch:
+                raise ValueError(f"the camera aux head needs batch['{k}']")
+        targets = perspective_targets(batch["gt_boxes"], batch["gt_labels"], batch["camera2lidar"],
+                                      batch["camera_intrinsics"], batch["img_aug_matrix"], batch["lidar_aug_matrix"],
+                                      batch["img"].shape[-2:], logits.shape[-2:], background=head.num_classes)
+        return head.loss(logits, targets)
 
     @torch.no_grad()
     def predict(self, outputs: Dict[str, Any], batch: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
