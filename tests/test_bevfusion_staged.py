@@ -94,6 +94,12 @@ def test_camera_from_epoch_lidar_phase_then_fusion(batch):
     assert len(vt.calls) == 1 and "camera_aux" in out
     fresh.load_state_dict(model.state_dict())
     assert fresh.camera_active
+    # checkpoints across the two kinds load both ways: unstaged ones count as fully trained
+    plain = _fusion()
+    plain.load_state_dict(model.state_dict())
+    fresh.set_epoch(0)
+    fresh.load_state_dict(plain.state_dict())
+    assert fresh.camera_active and int(fresh.trained_epoch) == -1
 
 
 def test_camera_from_epoch_zeros_take_the_fusers_camera_width(batch):

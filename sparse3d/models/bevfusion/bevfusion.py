@@ -167,6 +167,16 @@ class BEVFusion(nn.Module):
         if self.camera_from_epoch > 0:
             self.trained_epoch.fill_(int(epoch))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints of models without staging (no ``trained_epoch``) load into staged ones as fully trained
+        # (camera on), and staged checkpoints load into unstaged models, which always run the camera
+        key = prefix + "trained_epoch"
+        if self.camera_from_epoch > 0 and key not in state_dict:
+            state_dict[key] = torch.tensor(-1, dtype=torch.long)
+        elif self.camera_from_epoch == 0:
+            state_dict.pop(key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def camera_active(self) -> bool:
         """Whether the camera branch runs: always with ``camera_from_epoch=0``; otherwise unless the last epoch
