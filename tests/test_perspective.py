@@ -187,6 +187,11 @@ def test_perspective_head_shapes_and_weighted_ce():
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
     assert "class_weight" not in head.state_dict()
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: head.loss(z, torch.randint(0, 5, (1, 2, 3, 4),
+                                                                         generator=torch.Generator().manual_seed(0))),
+                                    (x,))
+    assert head.loss(logits.detach().bfloat16(), targets).dtype == torch.float32
     with pytest.raises(ValueError, match="do not match"):
         head.loss(logits, targets[:1])
     with pytest.raises(ValueError, match="num_classes"):

@@ -136,4 +136,5 @@ class PerspectiveHead(nn.Module):
         if logits.shape[0] != t.shape[0] or logits.shape[-2:] != t.shape[-2:]:
             raise ValueError(f"PerspectiveHead.loss: logits {list(logits.shape)} do not match targets "
                              f"{list(targets.shape)}")
-        return self.loss_weight * F.cross_entropy(logits.float(), t, weight=self.class_weight.to(logits.device))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))    # fp16 / bf16 -> fp32; fp64 stays
+        return self.loss_weight * F.cross_entropy(logits, t, weight=self.class_weight.to(logits))
