@@ -132,3 +132,16 @@ def test_bench_calo_interleaved_ratios():
     assert v["gravnet_ms"] == min(m["gravnet_ms"] for m in v["modes"].values())
     assert v["speedup_min"] <= v["speedup"] <= v["speedup_max"]
     assert set(mod.bench(spv, gn, events, CaloCollate(), [1], [2], repeats=1, workers=False)[2][1]["modes"]) == {1}
+
+
+def test_bench_bev_pool_small_runs_and_agrees(tmp_path):
+    """tools/bench_bev_pool.py --small end to end: every timing finite, the kernels equal the naive scatter."""
+    out = tmp_path / "bev_pool.json"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "bench_bev_pool.py"), "--small", "--repeats", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "speedup B fused cached plan vs naive splat" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["max_abs_diff_numba_vs_naive"] <= 1e-5 * max(1.0, d["max_abs_out"])
+    assert d["max_abs_diff_fused_vs_naive"] <= 1e-5 * max(1.0, d["max_abs_out"])
+    assert d["times_s"] and all(_finite(v["wall"]) and v["wall"] > 0 for v in d["times_s"].values())

@@ -53,8 +53,8 @@ import sparse3d  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch
 import torch  # noqa: E402
 
 from sparse3d.models.bevfusion.camera.vtransform import create_frustum, frustum_geometry, geometry_to_cells
-from sparse3d.nn.functional.bev_pool import (BEVPoolPlan, bev_pool, bev_pool_depth, bev_pool_with_plan,
-                                             _numba_threads)
+from sparse3d.nn.functional.bev_pool import BEVPoolPlan, bev_pool, bev_pool_depth, bev_pool_with_plan
+from sparse3d.utils.threads import sync_numba_threads
 from sparse3d.ops.bev_pool import numba_cpu, reference
 
 __all__ = ["main", "nuscenes_rig"]
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    nt = _numba_threads()
+    nt = sync_numba_threads()
     C = args.channels
     if args.small:
         image, feat, dbound, xb = (128, 352), (16, 44), (1.0, 60.0, 2.0), (-54.0, 54.0, 1.2)
